@@ -1,0 +1,1 @@
+"""Config-driven neural-network experiments."""

@@ -1,0 +1,21 @@
+"""Python API, for notebooks and tests: the same runs as the command line, from a list of overrides.
+
+    from experiments.api import run_experiment
+    result = run_experiment(["data=xor", "model=mlp", "trainer.max_epochs=200"])
+    result.metrics["val/accuracy"], result.model
+"""
+from hydra import compose, initialize_config_module
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from experiments.run import Result, run
+
+
+def run_experiment(overrides: list[str] = ()) -> Result:
+    """Compose the config as `python -m experiments OVERRIDES` would, then run it in this process."""
+    with initialize_config_module("experiments.conf", version_base="1.3"):
+        config = compose("config", overrides=list(overrides), return_hydra_config=True)
+        HydraConfig.instance().set_config(config)
+        with open_dict(config):
+            del config["hydra"]  # as in the app, where the job's config holds no hydra node
+        return run(config)

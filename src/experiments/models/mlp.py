@@ -1,0 +1,62 @@
+"""Fully connected networks: `linear` is an MLP with no hidden layers."""
+import math
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "softmax": lambda: nn.Softmax(dim=1)}
+INITS = ("default", "zeros", "normal")
+
+
+def make_activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+class MLP(nn.Sequential):
+    """Flatten, then Linear layers of `hidden_sizes` with their activations, then a Linear output layer.
+
+    activation: one name for every hidden layer, or a list with one name per hidden layer.
+    init: "default" keeps PyTorch's initialisation, "zeros" sets every weight and bias to 0 (the
+    symmetry the tutorial shows), "normal" draws weights from N(0, init_std²) and zeroes biases.
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_outputs: int,
+        hidden_sizes: list[int],
+        activation: str | list[str],
+        output_activation: str | None,
+        init: str,
+        init_std: float,
+    ):
+        activations = [activation] * len(hidden_sizes) if isinstance(activation, str) else list(activation)
+        if len(activations) != len(hidden_sizes):
+            raise ValueError(
+                f"model.activation lists {len(activations)} activations for {len(hidden_sizes)} hidden layers"
+            )
+        if init not in INITS:
+            raise ValueError(f"unknown model.init {init!r}; choose one of {', '.join(INITS)}")
+        sizes = [math.prod(input_shape), *hidden_sizes]
+        layers: list[nn.Module] = [nn.Flatten()]
+        for n_in, n_out, name in zip(sizes, sizes[1:], activations):
+            layers += [nn.Linear(n_in, n_out), make_activation(name)]
+        layers.append(nn.Linear(sizes[-1], num_outputs))
+        if output_activation:
+            layers.append(make_activation(output_activation))
+        super().__init__(*layers)
+        self._initialise(init, init_std)
+
+    def _initialise(self, init: str, std: float) -> None:
+        if init == "default":
+            return
+        for layer in self:
+            if isinstance(layer, nn.Linear):
+                with torch.no_grad():
+                    nn.init.zeros_(layer.bias)
+                    if init == "zeros":
+                        nn.init.zeros_(layer.weight)
+                    else:
+                        nn.init.normal_(layer.weight, std=std)

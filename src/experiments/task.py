@@ -1,0 +1,44 @@
+"""The Lightning task: a model, a loss, metrics and an optimizer, all built from config."""
+from collections.abc import Callable
+
+import lightning as L
+import torch
+
+
+class Task(L.LightningModule):
+    """Trains `model` on `loss` and logs `<stage>/loss` and `<stage>/<metric>` once per epoch."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss: Callable,
+        metrics: dict[str, Callable],
+        optimizer: Callable[..., torch.optim.Optimizer],
+    ):
+        super().__init__()
+        self.model, self.loss, self.metrics, self.optimizer = model, loss, metrics, optimizer
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(inputs)
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        inputs, targets = batch
+        outputs = self.model(inputs)
+        loss = self.loss(outputs, targets)
+        values = {f"{stage}/loss": loss}
+        with torch.no_grad():
+            values |= {f"{stage}/{name}": metric(outputs, targets) for name, metric in self.metrics.items()}
+        self.log_dict(values, on_step=False, on_epoch=True, batch_size=len(targets))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def configure_optimizers(self):
+        return self.optimizer(self.model.parameters())

@@ -1,0 +1,53 @@
+"""MLflow tracking: one MLflow run per experiment run, read by Lightning's MLFlowLogger for the
+per-epoch metrics, and by MLflow's own API for params, config, timings and the model."""
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import mlflow
+import pandas as pd
+import torch
+from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.models import infer_signature
+from omegaconf import DictConfig, OmegaConf
+
+
+def flatten(config: DictConfig) -> dict[str, object]:
+    """The resolved config as `group.key` params, named as on the command line (`optimizer.lr`)."""
+    return pd.json_normalize(OmegaConf.to_container(config, resolve=True), sep=".").iloc[0].to_dict()
+
+
+@contextmanager
+def start_run(config: DictConfig, run_name: str) -> Iterator[MLFlowLogger]:
+    """Open a run recording `config`; it ends FINISHED, or FAILED if the block raises."""
+    tracking = config.tracking
+    mlflow.set_tracking_uri(tracking.tracking_uri)
+    mlflow.set_experiment(tracking.experiment_name)
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.log_params(flatten(config))
+        mlflow.log_text(OmegaConf.to_yaml(config, resolve=True), "config.yaml")
+        yield MLFlowLogger(
+            experiment_name=tracking.experiment_name,
+            tracking_uri=tracking.tracking_uri,
+            run_id=run.info.run_id,
+        )
+
+
+def log_model(model: torch.nn.Module, input_example: torch.Tensor) -> None:
+    """Log the trained model to the active run (MLflow exports it with torch.export).
+
+    The example needs 2 or more rows: torch.export fixes a batch dimension of size 1.
+    """
+    with torch.no_grad():
+        signature = infer_signature(input_example.numpy(), model(input_example).numpy())
+    mlflow.pytorch.log_model(
+        model,
+        name="model",
+        signature=signature,
+        input_example=input_example.numpy(),
+        # Stating the requirements skips MLflow's slow import scan of the environment.
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+    )
+
+
+def ui_command(tracking_uri: str) -> str:
+    return f"mlflow ui --backend-store-uri {tracking_uri}"

@@ -1,0 +1,114 @@
+"""The command line as a user meets it: start-up, config composition, bad input, the default run."""
+import re
+import subprocess
+import sys
+import zipfile
+
+import yaml
+
+from conftest import QUIET, ROOT, cli
+
+HEAVY = ("torch", "lightning", "mlflow")
+
+
+def imported_modules(*args: str) -> set[str]:
+    result = cli("-X", "importtime", "-m", "experiments", *args)
+    assert result.returncode == 0, result.stderr
+    return {line.rsplit("|", 1)[1].strip().split(".")[0] for line in result.stderr.splitlines() if "import time:" in line}
+
+
+def test_help_and_cfg_job_do_not_import_torch_lightning_or_mlflow():
+    for args in (["--help"], ["--cfg", "job"], ["--cfg", "job", "data=xor", "model=linear"]):
+        modules = imported_modules(*args)
+        assert "hydra" in modules
+        assert not modules & set(HEAVY), f"{args} imported {modules & set(HEAVY)}"
+
+
+def test_cfg_job_shows_composed_config_with_the_dataset_choosing_its_loss():
+    result = cli("-m", "experiments", "--cfg", "job", "data=xor", "optimizer=sgd", "optimizer.lr=0.3")
+    config = yaml.safe_load(result.stdout)
+    assert config["data"]["_target_"] == "experiments.data.points.xor"
+    assert config["loss"]["_target_"] == "torch.nn.CrossEntropyLoss"
+    assert config["optimizer"] == {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.3,
+                                   "momentum": 0.0, "weight_decay": 0.0}
+    override = yaml.safe_load(cli("-m", "experiments", "--cfg", "job", "data=xor", "loss=mse").stdout)
+    assert override["loss"]["_target_"] == "torch.nn.MSELoss"
+
+
+def test_unknown_option_is_one_line_naming_the_available_options():
+    result = cli("-m", "experiments", "data=nope")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "data/nope" in lines[0] and "circle, diagonal, xor" in lines[0]
+
+
+def test_wrong_value_type_is_one_line():
+    result = cli("-m", "experiments", "optimizer.lr=abc")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines == [lines[0]] and "optimizer.lr=abc" in lines[0] and "float" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_key_is_one_line():
+    result = cli("-m", "experiments", "optimizer.lrr=0.1")
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1 and "lrr" in result.stderr
+
+
+def test_model_that_does_not_fit_the_targets_fails_before_training(tmp_path):
+    result = cli("-m", "experiments", "data=xor", "loss=bce_with_logits", *QUIET, cwd=tmp_path)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "do not fit the data" in lines[0], result.stderr
+    assert not (tmp_path / "mlflow.db").exists(), "no MLflow run should be opened for a config that cannot train"
+
+
+def test_user_config_folder_on_the_search_path(tmp_path):
+    (tmp_path / "my_conf" / "model").mkdir(parents=True)
+    (tmp_path / "my_conf" / "model" / "wide.yaml").write_text(
+        "defaults:\n  - mlp\n  - _self_\nhidden_sizes: [128]\n"
+    )
+    result = cli("-m", "experiments", "--cfg", "job", "model=wide", f"hydra.searchpath=[file://{tmp_path}/my_conf]",
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["model"]["hidden_sizes"] == [128]
+
+
+def test_wheel_carries_the_configs(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    names = zipfile.ZipFile(next(tmp_path.glob("experiments-*.whl"))).namelist()
+    for config in ("config.yaml", "data/circle.yaml", "model/mlp.yaml", "optimizer/adam.yaml", "tracking/local.yaml"):
+        assert f"experiments/conf/{config}" in names
+
+
+def test_default_run_trains_circle_tracks_it_in_mlflow_and_prints_results(tmp_path, store):
+    result = cli("-m", "experiments", *QUIET, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "circle · mlp · 50 epochs" in result.stdout and "mlflow ui --backend-store-uri" in result.stdout
+
+    (experiment,) = [e for e in store.search_experiments() if e.name == "experiments"]
+    (run,) = store.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_id in result.stdout
+    assert run.data.metrics["val/accuracy"] >= 0.95
+    printed_val_accuracy = float(re.search(r"accuracy\s*│\s*[\d.]+\s*│\s*([\d.]+)", result.stdout).group(1))
+    assert abs(printed_val_accuracy - run.data.metrics["val/accuracy"]) < 1e-3
+
+    params = run.data.params
+    assert params["optimizer.lr"] == "0.01" and params["data.n_points"] == "1000"
+    assert params["model.hidden_sizes"] == "[32, 32]" and params["trainer.max_epochs"] == "50"
+    for key in ("train/loss", "val/loss", "train/accuracy", "val/accuracy"):
+        history = store.get_metric_history(run.info.run_id, key)
+        assert len(history) == 50, key
+    val_loss = [m.value for m in store.get_metric_history(run.info.run_id, "val/loss")]
+    assert val_loss[-1] < val_loss[0]
+    assert run.data.metrics["time/fit_seconds"] > 0
+    assert run.data.metrics["time/samples_per_second"] > 0
+
+    artifacts = {a.path for a in store.list_artifacts(run.info.run_id)}
+    assert "config.yaml" in artifacts
+    config = yaml.safe_load(open(store.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))))
+    assert config["model"]["hidden_sizes"] == [32, 32]
+    assert config["tracking"]["tracking_uri"] == f"sqlite:///{tmp_path}/mlflow.db"

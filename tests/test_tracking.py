@@ -1,0 +1,53 @@
+"""What a run leaves in MLflow: where the store is, the model, FINISHED or FAILED."""
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from conftest import QUIET, cli
+from experiments.api import run_experiment
+from experiments.task import Task
+
+
+def test_logged_model_loads_back_and_predicts_like_the_trained_one(store):
+    result = run_experiment(["data=circle", "trainer.max_epochs=2", *QUIET])
+    inputs = torch.rand(5, 2)
+    loaded = mlflow.pytorch.load_model(f"runs:/{result.run_id}/model")
+    with torch.no_grad():
+        expected = result.model(inputs)
+    assert torch.allclose(loaded(inputs), expected, atol=1e-6)
+    predicted = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model").predict(inputs.numpy())
+    assert np.allclose(np.asarray(predicted), expected.numpy(), atol=1e-6)
+
+
+def test_a_run_that_raises_is_marked_failed(store, monkeypatch):
+    def broken_step(self, batch, batch_idx):
+        raise RuntimeError("broken on purpose")
+
+    monkeypatch.setattr(Task, "training_step", broken_step)
+    with pytest.raises(RuntimeError, match="broken on purpose"):
+        run_experiment(["data=xor", *QUIET])
+    (run,) = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
+    assert run.info.status == "FAILED"
+
+
+def test_tracking_uri_from_environment_and_from_config(tmp_path, monkeypatch):
+    env_store = tmp_path / "elsewhere.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{env_store}")
+    run_experiment(["data=xor", "trainer.max_epochs=1", *QUIET])
+    assert env_store.exists() and not (tmp_path / "mlflow.db").exists()
+    config_store = tmp_path / "configured.db"
+    run_experiment(["data=xor", "trainer.max_epochs=1", f"tracking.tracking_uri=sqlite:///{config_store}",
+                    "tracking.experiment_name=mine", *QUIET])
+    client = mlflow.MlflowClient(f"sqlite:///{config_store}")
+    assert len(client.search_runs([client.get_experiment_by_name("mine").experiment_id])) == 1
+
+
+def test_every_job_of_a_sweep_lands_in_the_one_store(tmp_path, store):
+    result = cli("-m", "experiments", "-m", "data=xor", "model=mlp,linear", "trainer.max_epochs=2", *QUIET,
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    runs = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
+    assert sorted(r.data.params["model.hidden_sizes"] for r in runs) == ["[32, 32]", "[]"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert list(tmp_path.glob("multirun/*/*/0/.hydra/config.yaml"))
