@@ -52,6 +52,8 @@ def one_line(error: Exception) -> str:
         group = error.missing_cfg_file.rsplit("/", 1)[0]
         return f"{str(error).splitlines()[0]}; available {group} options: {', '.join(sorted(error.options))}"
     cause = error.__cause__
+    if isinstance(cause, ConfigError):  # raised while Hydra instantiated a config: ours is the message
+        return str(cause)
     message = str(error) + (f" ({cause})" if isinstance(cause, OmegaConfBaseException) else "")
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
