@@ -71,14 +71,15 @@ def reported_as_one_line():
         sys.exit(2)
 
 
-def main() -> None:
+def main(hydra_app=app) -> None:
+    """Run `hydra_app` (this one, or another such as experiments.predict's), bad input in one line."""
     # Hydra reports config errors over several lines; asked to raise them instead, it lets us
     # print one line. A user who sets HYDRA_FULL_ERROR themselves gets Hydra's full report.
     if "HYDRA_FULL_ERROR" in os.environ:
-        return app()
+        return hydra_app()
     os.environ["HYDRA_FULL_ERROR"] = "1"
     with reported_as_one_line():
-        app()
+        hydra_app()
 
 
 if __name__ == "__main__":

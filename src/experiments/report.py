@@ -1,8 +1,17 @@
 """The results table printed at the end of a run."""
+from lightning.pytorch.utilities.model_summary import ModelSummary
 from rich.console import Console
 from rich.table import Table
 
 STAGES = ("train", "val", "test")
+
+
+def print_model_summary(task) -> str:
+    """Print and return Lightning's summary of the model: each layer with its input and output sizes
+    (from the task's example_input_array, a batch of 2) and parameter count, then the totals."""
+    summary = str(ModelSummary(task, max_depth=-1))
+    print(summary)
+    return summary
 
 
 def print_results(title: str, results: dict[str, float], run_id: str, ui_command: str) -> None:

@@ -9,10 +9,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Timer
 from omegaconf import DictConfig
 
-from experiments import tracking
+from experiments import checkpoint, tracking
 from experiments.errors import ConfigError
-from experiments.report import print_results
-from experiments.task import Task
+from experiments.report import print_model_summary, print_results
+from experiments.task import Task, apply
 
 
 @dataclass
@@ -28,11 +28,11 @@ def check_one_batch(task: Task, datamodule) -> None:
     inputs, targets = datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
     try:
         with torch.no_grad():
-            task.loss(task.model(inputs), targets)
+            task.loss(apply(task.model, inputs), targets)
     except (RuntimeError, ValueError, IndexError) as error:
         detail = str(error).splitlines()[0]
         raise ConfigError(
-            f"the model and loss do not fit the data: inputs {tuple(inputs.shape[1:])}, targets "
+            f"the model and loss do not fit the data: inputs {datamodule.input_shape}, targets "
             f"{tuple(targets.shape)} {targets.dtype} ({datamodule.target_encoding} encoding): {detail}"
         ) from error
 
@@ -45,11 +45,14 @@ def run(config: DictConfig) -> Result:
     metrics = instantiate(config.metrics, _convert_="all")
     task = Task(model, instantiate(config.loss), metrics, instantiate(config.optimizer))
     check_one_batch(task, datamodule)
+    task.example_input_array = datamodule.normalize(datamodule.train.head(2).inputs)
+    summary = print_model_summary(task)
 
     choices = HydraConfig.get().runtime.choices
     title = f"{choices.data} · {choices.model}"
     timer = Timer()
     with tracking.start_run(config, config.tracking.run_name or f"{choices.data}-{choices.model}") as logger:
+        mlflow.log_text(summary, "model_summary.txt")
         trainer = instantiate(config.trainer, logger=logger, callbacks=[timer])
         trainer.fit(task, datamodule=datamodule)
         if datamodule.test is not None:
@@ -59,7 +62,8 @@ def run(config: DictConfig) -> Result:
         results["time/fit_seconds"] = fit_seconds
         results["time/samples_per_second"] = len(datamodule.train) * trainer.current_epoch / fit_seconds
         mlflow.log_metrics({key: value for key, value in results.items() if key.startswith("time/")})
-        tracking.log_model(model, datamodule.normalize(datamodule.train.inputs[:2]))
+        tracking.log_model(model, task.example_input_array)
+        checkpoint.save(config, model, datamodule)
 
     print_results(f"{title} · {trainer.current_epoch} epochs", results, logger.run_id,
                   tracking.ui_command(config.tracking.tracking_uri))

@@ -5,6 +5,11 @@ import lightning as L
 import torch
 
 
+def apply(model: torch.nn.Module, inputs) -> torch.Tensor:
+    """`model(inputs)`; several inputs (a tuple) go to the model as separate arguments."""
+    return model(inputs) if isinstance(inputs, torch.Tensor) else model(*inputs)
+
+
 class Task(L.LightningModule):
     """Trains `model` on `loss` and logs `<stage>/loss` and `<stage>/<metric>` once per epoch."""
 
@@ -18,12 +23,12 @@ class Task(L.LightningModule):
         super().__init__()
         self.model, self.loss, self.metrics, self.optimizer = model, loss, metrics, optimizer
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.model(inputs)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(*inputs)
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         inputs, targets = batch
-        outputs = self.model(inputs)
+        outputs = apply(self.model, inputs)
         loss = self.loss(outputs, targets)
         values = {f"{stage}/loss": loss}
         with torch.no_grad():

@@ -10,6 +10,8 @@ from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.task import apply
+
 
 def flatten(config: DictConfig) -> dict[str, object]:
     """The resolved config as `group.key` params, named as on the command line (`optimizer.lr`)."""
@@ -32,18 +34,25 @@ def start_run(config: DictConfig, run_name: str) -> Iterator[MLFlowLogger]:
         )
 
 
-def log_model(model: torch.nn.Module, input_example: torch.Tensor) -> None:
+def log_model(model: torch.nn.Module, input_example: torch.Tensor | tuple[torch.Tensor, ...]) -> None:
     """Log the trained model to the active run (MLflow exports it with torch.export).
 
-    The example needs 2 or more rows: torch.export fixes a batch dimension of size 1.
+    The example needs 2 or more rows: torch.export fixes a batch dimension of size 1. A model with
+    several inputs (a tuple) gets a signature of named tensors input_0, input_1, ...; MLflow then
+    logs no pyfunc flavour for it (it has none for several inputs): load it with mlflow.pytorch.
     """
     with torch.no_grad():
-        signature = infer_signature(input_example.numpy(), model(input_example).numpy())
+        outputs = apply(model, input_example).numpy()
+    if isinstance(input_example, torch.Tensor):
+        example = signature_inputs = input_example.numpy()
+    else:
+        example = [x.numpy() for x in input_example]
+        signature_inputs = {f"input_{i}": array for i, array in enumerate(example)}
     mlflow.pytorch.log_model(
         model,
         name="model",
-        signature=signature,
-        input_example=input_example.numpy(),
+        signature=infer_signature(signature_inputs, outputs),
+        input_example=example,
         # Stating the requirements skips MLflow's slow import scan of the environment.
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
     )

@@ -10,16 +10,24 @@ import lightning as L
 import torch
 
 
+Inputs = torch.Tensor | tuple[torch.Tensor, ...]  # a tuple for a model with several inputs
+
+
+def take(inputs: Inputs, index) -> Inputs:
+    """`inputs[index]`, of each tensor when there are several inputs."""
+    return inputs[index] if isinstance(inputs, torch.Tensor) else tuple(x[index] for x in inputs)
+
+
 @dataclass
 class Split:
-    inputs: torch.Tensor
+    inputs: Inputs
     targets: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def head(self, n: int) -> "Split":
-        return Split(self.inputs[:n], self.targets[:n])
+        return Split(take(self.inputs, slice(n)), self.targets[:n])
 
 
 class TensorBatches:
@@ -40,7 +48,7 @@ class TensorBatches:
                 index = slice(start, start + self.batch_size)
             else:
                 index = order[start : start + self.batch_size]
-            yield self.split.inputs[index], self.split.targets[index]
+            yield take(self.split.inputs, index), self.split.targets[index]
 
 
 class TensorDataModule(L.LightningDataModule):
@@ -71,8 +79,11 @@ class TensorDataModule(L.LightningDataModule):
         self.scale, self.mean, self.std = scale, mean, std
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.inputs.shape[1:])
+    def input_shape(self) -> tuple:
+        """The shape of one sample's input; a tuple of shapes when there are several inputs."""
+        if isinstance(self.train.inputs, torch.Tensor):
+            return tuple(self.train.inputs.shape[1:])
+        return tuple(tuple(x.shape[1:]) for x in self.train.inputs)
 
     @property
     def num_outputs(self) -> int:
@@ -90,7 +101,9 @@ class TensorDataModule(L.LightningDataModule):
     def test_dataloader(self):
         return TensorBatches(self.test, self.batch_size, shuffle=False, seed=self.seed)
 
-    def normalize(self, inputs: torch.Tensor) -> torch.Tensor:
+    def normalize(self, inputs: Inputs) -> Inputs:
+        if not isinstance(inputs, torch.Tensor):
+            return tuple(self.normalize(x) for x in inputs)
         inputs = inputs.float()
         if (self.scale, self.mean, self.std) == (1.0, 0.0, 1.0):
             return inputs

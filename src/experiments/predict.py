@@ -1,0 +1,99 @@
+"""`python -m experiments.predict run_id=... [split=test | input=FILE] [output=predictions.csv]`.
+
+Rebuilds a trained model from its model.pt (see checkpoint.py), predicts on a split of the dataset it
+was trained on (also printing that split's loss and metrics, which equal the ones logged at training
+time) or on a CSV or IDX file of inputs, and writes the predictions to a CSV file.
+"""
+from pathlib import Path
+
+import hydra
+import pandas as pd
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from experiments import checkpoint
+from experiments.__main__ import main as run_app, reported_as_one_line
+from experiments.api import predict
+from experiments.errors import ConfigError
+
+SPLITS = ("train", "val", "test")
+
+
+def evaluate(
+    config: dict, model: torch.nn.Module, datamodule, split: str, batch_size: int
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The model's outputs on a split, and its `<split>/loss` and `<split>/<metric>` over the whole split
+    as the run's `config` computes them (the batch means Lightning logs, weighted by batch size)."""
+    data = getattr(datamodule, split)
+    outputs = predict(model, datamodule.normalize(data.inputs), batch_size)
+    loss = instantiate(config["loss"])
+    metrics = instantiate(config["metrics"], _convert_="all")
+    values = {f"{split}/loss": loss(outputs, data.targets)}
+    values |= {f"{split}/{name}": metric(outputs, data.targets) for name, metric in metrics.items()}
+    return outputs, {key: float(value) for key, value in values.items()}
+
+
+def read_inputs(path: str, input_shape) -> tuple[torch.Tensor, pd.Series | None]:
+    """Raw inputs of a CSV (one sample a row, a `label` column set aside) or IDX file, shaped per sample
+    as `input_shape`."""
+    if not Path(path).is_file():
+        raise ConfigError(f"input={path}: no such file")
+    if path.endswith(".csv"):
+        frame = pd.read_csv(path)
+        labels = frame.pop("label") if "label" in frame else None
+        inputs = torch.tensor(frame.to_numpy(), dtype=torch.float32)
+    else:
+        from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
+        inputs, labels = read_sn3_pascalvincent_tensor(path), None
+    try:
+        return inputs.reshape(len(inputs), *input_shape), labels
+    except RuntimeError as error:
+        raise ConfigError(f"input={path}: {inputs[0].numel()} values per sample, the model takes {input_shape}") from error
+
+
+def predictions(outputs: torch.Tensor, encoding: str) -> pd.DataFrame:
+    """One row per sample: `predicted` (the class, for class index or one-hot targets), then the outputs."""
+    frame = pd.DataFrame(outputs.numpy(), columns=[f"output_{i}" for i in range(outputs.shape[1])])
+    if encoding in ("index", "onehot"):
+        frame.insert(0, "predicted", outputs.argmax(dim=1).numpy())
+    return frame
+
+
+def run(config: DictConfig) -> pd.DataFrame:
+    if (config.run_id is None) == (config.checkpoint is None):
+        raise ConfigError("give the model as run_id=<MLflow run id> or as checkpoint=<path to model.pt>, one of them")
+    saved = checkpoint.read(config.run_id, config.checkpoint, config.tracking.tracking_uri)
+    model = checkpoint.rebuild(saved, config.get("model"))
+    datamodule = instantiate(saved["config"]["data"])
+    encoding = saved["config"]["data"]["targets"]
+    if config.input is not None:
+        if not isinstance(datamodule.train.inputs, torch.Tensor):
+            raise ConfigError(f"input={config.input}: the model takes several inputs; predict on a split instead")
+        inputs, labels = read_inputs(config.input, saved["input_shape"])
+        frame = predictions(predict(model, datamodule.normalize(inputs), config.batch_size), encoding)
+        if labels is not None:
+            frame.insert(0, "label", labels)
+    else:
+        if config.split not in SPLITS or getattr(datamodule, config.split) is None:
+            raise ConfigError(f"split={config.split}: the dataset has the splits "
+                              f"{', '.join(s for s in SPLITS if getattr(datamodule, s, None) is not None)}")
+        outputs, metrics = evaluate(saved["config"], model, datamodule, config.split, config.batch_size)
+        frame = predictions(outputs, encoding)
+        if encoding == "index":
+            frame.insert(0, "label", getattr(datamodule, config.split).targets.numpy())
+        print("  ".join(f"{key} {value:.4f}" for key, value in metrics.items()))
+    frame.to_csv(config.output, index_label="sample")
+    print(f"wrote {len(frame)} predictions to {config.output}")
+    return frame
+
+
+@hydra.main(config_path="pkg://experiments.conf", config_name="predict", version_base="1.3")
+def app(config: DictConfig) -> None:
+    with reported_as_one_line():
+        run(config)
+
+
+if __name__ == "__main__":
+    run_app(app)
