@@ -26,6 +26,8 @@ def check_override_types(config: DictConfig) -> None:
     hydra_config = HydraConfig.get()
     groups = [f"{group}={option}" for group, option in hydra_config.runtime.choices.items()
               if option is not None and not group.startswith("hydra")]
+    # the user's config folders too, where an option of a group may come from
+    groups += [override for override in hydra_config.overrides.hydra if override.startswith("hydra.searchpath=")]
     defaults = hydra.compose(hydra_config.job.config_name, overrides=groups)
     for override in OverridesParser.create().parse_overrides(list(hydra_config.overrides.task)):
         if override.is_delete() or not isinstance(override.value(), str):

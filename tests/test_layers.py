@@ -1,0 +1,87 @@
+"""Models declared in YAML (model=layers, lenet_layers, halves_layers): inferred shapes, the summary
+printed at the start of a run, bad specs reported in one line before training."""
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+
+from conftest import QUIET, cli
+from experiments.api import run_experiment
+from experiments.models.cnn import LeNet
+from experiments.models.layers import Layers
+
+
+def declared(name: str, input_shape, num_outputs: int, *overrides: str) -> torch.nn.Module:
+    with initialize_config_module("experiments.conf", version_base="1.3"):
+        config = compose("config", overrides=[f"model={name}", *overrides])
+    return instantiate(config.model, input_shape=input_shape, num_outputs=num_outputs)
+
+
+def test_lenet_spec_infers_the_reference_shapes_and_the_parameter_count_of_lenet():
+    model = declared("lenet_layers", (1, 28, 28), 10)
+    shapes = [model.shapes[name] for name in ("layers_cv1", "layers_mp1", "layers_cv2", "layers_mp2", "flatten",
+                                              "layers_hidden", "layers_classifier")]
+    assert shapes == [(20, 24, 24), (20, 12, 12), (50, 8, 8), (50, 4, 4), (800,), (500,), (10,)]
+    count = sum(p.numel() for p in model.parameters())
+    assert count == sum(p.numel() for p in LeNet((1, 28, 28), 10).parameters()) == 431_080
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_forward_with_two_inputs_a_shared_layer_temporaries_and_add():
+    model = Layers(
+        input_shape=((3,), (3,)), num_outputs=2, inputs={"a": None, "b": None},
+        layers={"enc": {"linear": 4}, "out": {"linear": "num_outputs"}},
+        forward=["ha = a.enc.tanh", "hb = enc(b).tanh", "add(ha, hb).out"],
+    )
+    a, b = torch.rand(5, 3), torch.rand(5, 3)
+    enc, out = model.layers.enc, model.layers.out
+    assert torch.allclose(model(a, b), out(torch.tanh(enc(a)) + torch.tanh(enc(b))))
+    assert sum(p.numel() for p in model.parameters()) == (3 * 4 + 4) + (4 * 2 + 2)  # enc counted once
+    assert model.shapes["ha"] == model.shapes["hb"] == (4,)
+
+
+def test_summary_of_every_layer_is_printed_and_logged_at_the_start_of_a_run(capsys, store):
+    result = run_experiment(["data=xor", "model=layers", "trainer.max_epochs=1", *QUIET])
+    printed = capsys.readouterr().out
+    logged = open(store.download_artifacts(result.run_id, "model_summary.txt")).read()
+    for summary in (printed, logged):
+        rows = {line.split("|")[1].strip(): line for line in summary.splitlines() if line.count("|") > 4}
+        assert "[2, 2]" in rows["model.layers.hidden"] and "[2, 32]" in rows["model.layers.hidden"]
+        assert "96" in rows["model.layers.hidden"] and "[2, 2]" in rows["model.layers.output"]
+        assert "162       Total params" in summary  # 2*32+32 + 32*2+2
+    assert printed.index("Total params") < printed.index("xor · layers")  # before the results table
+
+
+BAD_SPECS = {
+    "5x5 conv on a 2x1 map": (
+        "layers: {conv: {conv2d: [4, 5]}, output: {linear: num_outputs}}\nforward: x.reshape(1, 2, 1).conv.flatten.output",
+        ["model.layers.conv", "conv2d", "(1, 2, 1)", "Kernel size"],
+    ),
+    "unknown layer kind": (
+        "layers: {conv: {conv3x: 4}, output: {linear: num_outputs}}\nforward: x.conv.output",
+        ["model.layers.conv", "conv3x", "conv2d"],
+    ),
+    "unknown function": (
+        "layers: {output: {linear: num_outputs}}\nforward: x.flatten.relux.output",
+        ["model.forward", "relux", "relu"],
+    ),
+    "undefined value": (
+        "layers: {output: {linear: num_outputs}}\nforward: [h = x.flatten, y.output]",
+        ["model.forward", "'y'", "x, h"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SPECS)
+def test_bad_spec_is_one_line_naming_the_layer_before_any_run(case, tmp_path):
+    spec, expected = BAD_SPECS[case]
+    (tmp_path / "my_conf" / "model").mkdir(parents=True)
+    (tmp_path / "my_conf" / "model" / "bad.yaml").write_text(
+        f"_target_: experiments.models.layers.Layers\ninputs: {{x: null}}\n{spec}\n"
+    )
+    result = cli("-m", "experiments", "data=xor", "model=bad", f"hydra.searchpath=[file://{tmp_path}/my_conf]",
+                 *QUIET, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and all(text in lines[0] for text in expected), result.stderr
+    assert not (tmp_path / "mlflow.db").exists(), "no MLflow run should be opened for a model that cannot be built"
