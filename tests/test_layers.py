@@ -1,12 +1,13 @@
 """Models declared in YAML (model=layers, lenet_layers, halves_layers): inferred shapes, the summary
 printed at the start of a run, bad specs reported in one line before training."""
+import mlflow
 import pytest
 import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
 from conftest import QUIET, cli
-from experiments.api import run_experiment
+from experiments.api import predict, run_experiment
 from experiments.models.cnn import LeNet
 from experiments.models.layers import Layers
 
@@ -85,3 +86,21 @@ def test_bad_spec_is_one_line_naming_the_layer_before_any_run(case, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and all(text in lines[0] for text in expected), result.stderr
     assert not (tmp_path / "mlflow.db").exists(), "no MLflow run should be opened for a model that cannot be built"
+
+
+MNIST_SUBSET = ["data.limit=1500", "data.val_size=300", "optimizer=adam", "optimizer.lr=0.001", "trainer.max_epochs=1", *QUIET]
+
+
+def test_lenet_layers_trains_on_mnist_exactly_as_the_hand_built_lenet():
+    # Lazy layers initialise in forward order, drawing the same random numbers as lenet's layers.
+    declared_run = run_experiment(["data=mnist", "model=lenet_layers", *MNIST_SUBSET])
+    lenet_run = run_experiment(["data=mnist", "model=lenet", *MNIST_SUBSET])
+    assert declared_run.metrics["test/accuracy"] == lenet_run.metrics["test/accuracy"] > 0.5
+
+
+def test_two_input_model_on_mnist_halves_trains_above_chance_and_reloads_from_mlflow():
+    result = run_experiment(["data=mnist_halves", "model=halves_layers", *MNIST_SUBSET])
+    assert result.metrics["test/accuracy"] > 0.3  # 10 classes: chance is 0.1
+    top, bottom = torch.rand(4, 1, 14, 28), torch.rand(4, 1, 14, 28)
+    loaded = mlflow.pytorch.load_model(f"runs:/{result.run_id}/model")
+    assert torch.allclose(loaded(top, bottom), predict(result.model, (top, bottom)), atol=1e-6)

@@ -1,6 +1,8 @@
 """A run's saved model: reloaded from model.pt (by run id or path) it predicts exactly as trained;
 `python -m experiments.predict` writes predictions and recomputes the logged metrics."""
+import os
 import shutil
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -68,3 +70,21 @@ def test_declared_model_reloads_without_its_yaml_and_not_as_another_model(tmp_pa
     assert other.returncode == 2
     lines = other.stderr.strip().splitlines()
     assert len(lines) == 1 and "different model config" in lines[0] and "layers" in lines[0], other.stderr
+
+
+def test_evaluate_on_mnist_test_split_matches_training_and_idx_file_predictions_agree(isolated, store):
+    result = run_experiment(["data=mnist", "model=lenet_layers", "data.limit=300", "data.val_size=100",
+                             "optimizer.lr=0.001", "trainer.max_epochs=1", *QUIET])
+    split = cli("-m", "experiments.predict", f"run_id={result.run_id}", "split=test", "output=test.csv", cwd=isolated)
+    assert split.returncode == 0, split.stderr
+    logged = store.get_run(result.run_id).data.metrics
+    printed = dict(zip(*[iter(split.stdout.splitlines()[0].split())] * 2))
+    assert abs(float(printed["test/accuracy"]) - logged["test/accuracy"]) < 1e-4
+    assert abs(float(printed["test/loss"]) - logged["test/loss"]) < 1e-4
+
+    images = Path(os.environ.get("EXPERIMENTS_DATA_DIR", isolated / "data")) / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    idx = cli("-m", "experiments.predict", f"run_id={result.run_id}", f"input={images}", "output=idx.csv", cwd=isolated)
+    assert idx.returncode == 0, idx.stderr
+    from_split, from_file = pd.read_csv(isolated / "test.csv"), pd.read_csv(isolated / "idx.csv")
+    assert len(from_split) == 300 and len(from_file) == 10_000
+    assert np.allclose(from_file.filter(like="output_")[:300], from_split.filter(like="output_"), atol=1e-5)

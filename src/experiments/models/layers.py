@@ -194,8 +194,8 @@ def Layers(
 ) -> fx.GraphModule:
     """The network that `layers` and `forward` declare (see the module docstring), its per-sample output
     shapes in `.shapes`. input_shape and num_outputs come from the dataset."""
-    inputs, layers, forward = (OmegaConf.to_container(x) if isinstance(x, (DictConfig, ListConfig)) else x
-                               for x in (inputs, layers, forward))
+    input_shape, inputs, layers, forward = (OmegaConf.to_container(x) if isinstance(x, (DictConfig, ListConfig))
+                                            else x for x in (input_shape, inputs, layers, forward))
     shapes = input_shapes(inputs, input_shape)
     layers = {name: _with_outputs(spec, num_outputs) for name, spec in layers.items()}
     root = nn.Module()
