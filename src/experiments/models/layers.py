@@ -129,7 +129,10 @@ class Compiler:
                     numbers.append(ast.literal_eval(arg))
                 except ValueError:
                     values.append(self.expression(arg, text))
-            kwargs = {keyword.arg: ast.literal_eval(keyword.value) for keyword in node.keywords}
+            try:
+                kwargs = {keyword.arg: ast.literal_eval(keyword.value) for keyword in node.keywords}
+            except ValueError as error:
+                raise ConfigError(f"model.forward: {text!r}: a keyword argument of {step} must be a number") from error
             return self.apply(step, values, numbers, kwargs, text, name)
         raise ConfigError(f"model.forward: {text!r}: cannot read {ast.unparse(node)!r}")
 
