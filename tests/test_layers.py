@@ -41,6 +41,22 @@ def test_forward_with_two_inputs_a_shared_layer_temporaries_and_add():
     assert model.shapes["ha"] == model.shapes["hb"] == (4,)
 
 
+def test_every_layer_kind_and_function_infers_its_input_size():
+    model = Layers(
+        input_shape=((1, 8, 8), (5,)), num_outputs=3, inputs={"image": None, "tokens": None},
+        layers={"conv": {"conv2d": {"out_channels": 4, "kernel_size": 3, "padding": 1}}, "bn": {"batchnorm2d": None},
+                "pool": {"avgpool2d": 2}, "max": {"maxpool2d": 2}, "drop": {"dropout": 0.5},
+                "seq": {"conv1d": [6, 3]}, "bn1": {"batchnorm1d": None}, "emb": {"embedding": [10, 4]},
+                "out": {"linear": "num_outputs"}},
+        forward=["i = image.conv.bn.gelu.pool.max.drop.flatten",          # 4×2×2 -> 16
+                 "s = i.reshape(2, 8).seq.bn1.sigmoid.flatten",           # 6×6 -> 36
+                 "e = tokens.emb.flatten.tanh",                           # 5×4 -> 20
+                 "cat(i, s, e).softmax.relu.out"],
+    )
+    assert (model.shapes["i"], model.shapes["s"], model.shapes["e"], model.shapes["cat"]) == ((16,), (36,), (20,), (72,))
+    assert model(torch.rand(2, 1, 8, 8), torch.randint(0, 10, (2, 5)).float()).shape == (2, 3)
+
+
 def test_summary_of_every_layer_is_printed_and_logged_at_the_start_of_a_run(capsys, store):
     result = run_experiment(["data=xor", "model=layers", "trainer.max_epochs=1", *QUIET])
     printed = capsys.readouterr().out
