@@ -67,7 +67,7 @@ def run(config: DictConfig) -> pd.DataFrame:
     saved = checkpoint.read(config.run_id, config.checkpoint, config.tracking.tracking_uri)
     model = checkpoint.rebuild(saved, config.get("model"))
     datamodule = instantiate(saved["config"]["data"])
-    encoding = saved["config"]["data"]["targets"]
+    encoding = datamodule.target_encoding
     if config.input is not None:
         if not isinstance(datamodule.train.inputs, torch.Tensor):
             raise ConfigError(f"input={config.input}: the model takes several inputs; predict on a split instead")
