@@ -74,7 +74,7 @@ def test_declared_model_reloads_without_its_yaml_and_not_as_another_model(tmp_pa
 
 def test_evaluate_on_mnist_test_split_matches_training_and_idx_file_predictions_agree(isolated, store):
     result = run_experiment(["data=mnist", "model=lenet_layers", "data.limit=300", "data.val_size=100",
-                             "optimizer.lr=0.001", "trainer.max_epochs=1", *QUIET])
+                             "scheduler=constant", "optimizer.lr=0.001", "trainer.max_epochs=1", *QUIET])
     split = cli("-m", "experiments.predict", f"run_id={result.run_id}", "split=test", "output=test.csv", cwd=isolated)
     assert split.returncode == 0, split.stderr
     logged = store.get_run(result.run_id).data.metrics

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import mlflow
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
@@ -19,11 +18,10 @@ from experiments.errors import ConfigError
 FILE = "model.pt"
 
 
-def save(config: DictConfig, model: torch.nn.Module, datamodule) -> Path:
-    """Write model.pt to the run's output folder (a temporary one for runs from Python) and log it to
-    the active MLflow run."""
-    folder = OmegaConf.select(HydraConfig.get().runtime, "output_dir", default=None) or tempfile.mkdtemp()
-    path = Path(folder) / FILE
+def save(config: DictConfig, model: torch.nn.Module, datamodule, output_dir: Path | None) -> Path:
+    """Write model.pt to the run's output folder (a temporary one for runs from Python, which have none)
+    and log it to the active MLflow run."""
+    path = Path(output_dir or tempfile.mkdtemp()) / FILE
     torch.save({
         "config": OmegaConf.to_container(config, resolve=True),
         "input_shape": datamodule.input_shape,

@@ -13,9 +13,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from experiments import checkpoint
-from experiments.__main__ import main as run_app, reported_as_one_line
 from experiments.api import predict
+from experiments.cli import reported_as_one_line, run_app
 from experiments.errors import ConfigError
+from experiments.metrics import predicted_labels
 
 SPLITS = ("train", "val", "test")
 
@@ -54,10 +55,11 @@ def read_inputs(path: str, input_shape) -> tuple[torch.Tensor, pd.Series | None]
 
 
 def predictions(outputs: torch.Tensor, encoding: str) -> pd.DataFrame:
-    """One row per sample: `predicted` (the class, for class index or one-hot targets), then the outputs."""
+    """One row per sample: `predicted` (the class, for class index, one-hot or ±1 targets), then the outputs.
+    (The class of 0/1 targets depends on the loss: a threshold on probabilities or on logits.)"""
     frame = pd.DataFrame(outputs.numpy(), columns=[f"output_{i}" for i in range(outputs.shape[1])])
-    if encoding in ("index", "onehot"):
-        frame.insert(0, "predicted", outputs.argmax(dim=1).numpy())
+    if encoding in ("index", "onehot", "sign"):
+        frame.insert(0, "predicted", predicted_labels(outputs, encoding).numpy())
     return frame
 
 

@@ -1,4 +1,5 @@
 """The Lightning task: a model, a loss, metrics and an optimizer, all built from config."""
+import inspect
 from collections.abc import Callable
 
 import lightning as L
@@ -19,9 +20,11 @@ class Task(L.LightningModule):
         loss: Callable,
         metrics: dict[str, Callable],
         optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
     ):
         super().__init__()
         self.model, self.loss, self.metrics, self.optimizer = model, loss, metrics, optimizer
+        self.scheduler = scheduler
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         return self.model(*inputs)
@@ -46,4 +49,11 @@ class Task(L.LightningModule):
         self._step(batch, "test")
 
     def configure_optimizers(self):
-        return self.optimizer(self.model.parameters())
+        optimizer = self.optimizer(self.model.parameters())
+        if self.scheduler is None:
+            return optimizer
+        options = {}
+        if "total_steps" in inspect.signature(self.scheduler.func).parameters:  # one-cycle needs the run's length
+            options["total_steps"] = self.trainer.estimated_stepping_batches
+        scheduler = self.scheduler(optimizer, **options)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
