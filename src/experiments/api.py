@@ -25,7 +25,9 @@ def run_experiment(overrides: list[str] = ()) -> Result:
         return run(config)
 
 
-def predict(model: torch.nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...], batch_size: int = 1000) -> torch.Tensor:
+def predict(
+    model: torch.nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...], batch_size: int = 1000
+) -> torch.Tensor:
     """The outputs of a trained model for `inputs` (normalised like its training data; a tuple of tensors
     for a model with several inputs), computed in eval mode, without gradients, `batch_size` rows at a time."""
     training = model.training

@@ -56,12 +56,14 @@ def rebuild(saved: dict, model_config: DictConfig | dict | None = None) -> torch
     """The trained model of a checkpoint; `model_config`, when given, must be the config it was saved with."""
     saved_model = saved["config"]["model"]
     if model_config is not None:
-        given = OmegaConf.to_container(model_config, resolve=True) if isinstance(model_config, DictConfig) else model_config
+        given = OmegaConf.to_container(model_config, resolve=True) if isinstance(model_config, DictConfig) else (
+            model_config)
         if given != saved_model:
             keys = sorted(key for key in given.keys() | saved_model.keys() if given.get(key) != saved_model.get(key))
             raise ConfigError(
                 f"the model was saved by a different model config ({saved_model['_target_']}); the one given "
-                f"({given.get('_target_')}) differs in {', '.join(keys)}: leave the model config out to use the saved one"
+                f"({given.get('_target_')}) differs in {', '.join(keys)}: leave the model config out to use "
+                "the saved one"
             )
     model = instantiate(saved_model, input_shape=saved["input_shape"], num_outputs=saved["num_outputs"])
     try:

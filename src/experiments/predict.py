@@ -51,7 +51,9 @@ def read_inputs(path: str, input_shape) -> tuple[torch.Tensor, pd.Series | None]
     try:
         return inputs.reshape(len(inputs), *input_shape), labels
     except RuntimeError as error:
-        raise ConfigError(f"input={path}: {inputs[0].numel()} values per sample, the model takes {input_shape}") from error
+        raise ConfigError(
+            f"input={path}: {inputs[0].numel()} values per sample, the model takes {input_shape}"
+        ) from error
 
 
 def predictions(outputs: torch.Tensor, encoding: str) -> pd.DataFrame:

@@ -79,10 +79,11 @@ def build_layer(name: str, spec) -> nn.Module:
     ((kind, arguments),) = spec.items()
     if kind not in LAYERS:
         raise ConfigError(f"model.layers.{name}: unknown layer kind {kind!r}; choose one of {', '.join(LAYERS)}")
+    args, kwargs = (), {}
     if isinstance(arguments, dict):
-        args, kwargs = (), arguments
-    else:
-        args, kwargs = (() if arguments is None else tuple(arguments) if isinstance(arguments, list) else (arguments,)), {}
+        kwargs = arguments
+    elif arguments is not None:
+        args = tuple(arguments) if isinstance(arguments, list) else (arguments,)
     try:
         return LAYERS[kind](*args, **kwargs)
     except (TypeError, ValueError) as error:
@@ -181,8 +182,11 @@ class DryRun(fx.Interpreter):
             args, _ = self.fetch_args_kwargs_from_env(node)
             shapes = ", ".join(str(tuple(a.shape[1:])) for a in args if isinstance(a, torch.Tensor))
             layer = str(node.target).removeprefix("layers.")
-            where = f"model.layers.{layer} {self.specs[layer]}" if node.op == "call_module" else f"model.forward: {node.name}"
-            raise ConfigError(f"{where} cannot take input shape {shapes} (per sample): {str(error).splitlines()[0]}") from error
+            where = f"model.layers.{layer} {self.specs[layer]}" if node.op == "call_module" else (
+                f"model.forward: {node.name}")
+            raise ConfigError(
+                f"{where} cannot take input shape {shapes} (per sample): {str(error).splitlines()[0]}"
+            ) from error
         if isinstance(value, torch.Tensor):
             self.shapes[node.name] = tuple(value.shape[1:])
         return value
