@@ -52,13 +52,14 @@ def run(config: DictConfig) -> Result:
     with tracking.start_run(config, config.tracking.run_name or f"{choices.data}-{choices.model}") as logger:
         trainer = instantiate(config.trainer, logger=logger, callbacks=[timer])
         trainer.fit(task, datamodule=datamodule)
-        if datamodule.test is not None:
-            trainer.test(task, datamodule=datamodule, verbose=False)
         results = {name: float(value) for name, value in trainer.callback_metrics.items()}
+        if datamodule.test is not None:  # testing replaces the callback metrics: add to those of fit
+            results |= trainer.test(task, datamodule=datamodule, verbose=False)[0]
         fit_seconds = timer.time_elapsed("train")
         results["time/fit_seconds"] = fit_seconds
         results["time/samples_per_second"] = len(datamodule.train) * trainer.current_epoch / fit_seconds
         mlflow.log_metrics({key: value for key, value in results.items() if key.startswith("time/")})
+        results |= datamodule.log_extras(model)
         tracking.log_model(model, datamodule.normalize(datamodule.train.inputs[:2]))
 
     print_results(f"{title} · {trainer.current_epoch} epochs", results, logger.run_id,
