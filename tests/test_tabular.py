@@ -1,6 +1,7 @@
 """CSV regression (issue 4): house prices (REFERENCE.md A2, Ames), any CSV with a target column, bad input."""
 import functools
 import http.server
+import os
 import threading
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from experiments.api import run_experiment
 from experiments.data.tabular import csv_dataset
 from experiments.task import Task
 
-BOSTON = SHARED_DATA / "house_prices" / "boston.csv"
+BOSTON = Path(os.environ.get("EXPERIMENTS_DATA_DIR", SHARED_DATA)) / "house_prices" / "boston.csv"
 REGRESSION_KEYS = [f"{stage}/{name}" for stage in ("train", "val", "test") for name in ("mse", "rmse", "mae", "r2")]
 
 
