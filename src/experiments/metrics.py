@@ -6,23 +6,29 @@ target encoding (argmax, sign of ±1 targets, threshold for 0/1), which torchmet
 import torch
 
 
-def accuracy(outputs: torch.Tensor, targets: torch.Tensor, *, encoding: str, threshold: float) -> torch.Tensor:
-    """Share of samples classified correctly.
+def predicted_labels(outputs: torch.Tensor, encoding: str, threshold: float = 0.5) -> torch.Tensor:
+    """The class each output picks: argmax (index, onehot), its sign (sign), or above `threshold` (binary)."""
+    if encoding in ("index", "onehot"):
+        return outputs.argmax(dim=1)
+    if encoding == "sign":
+        return (outputs >= 0).long().view(-1)
+    if encoding == "binary":
+        return (outputs > threshold).long().view(-1)
+    raise ValueError(f"no class rule for target encoding {encoding!r}")
 
-    encoding index: argmax of the outputs equals the class; onehot: argmax equals the target's argmax;
-    sign: the sign of the output equals the ±1 target; binary: output > threshold equals the 0/1 target.
-    """
+
+def true_labels(targets: torch.Tensor, encoding: str) -> torch.Tensor:
+    """The class of each target in `encoding`."""
     if encoding == "index":
-        correct = outputs.argmax(dim=1) == targets
-    elif encoding == "onehot":
-        correct = outputs.argmax(dim=1) == targets.argmax(dim=1)
-    elif encoding == "sign":
-        correct = (outputs >= 0) == (targets > 0)
-    elif encoding == "binary":
-        correct = (outputs > threshold) == (targets > 0.5)
-    else:
-        raise ValueError(f"accuracy has no rule for target encoding {encoding!r}")
-    return correct.float().mean()
+        return targets
+    if encoding == "onehot":
+        return targets.argmax(dim=1)
+    return (targets > (0 if encoding == "sign" else 0.5)).long().view(-1)
+
+
+def accuracy(outputs: torch.Tensor, targets: torch.Tensor, *, encoding: str, threshold: float) -> torch.Tensor:
+    """Share of samples whose predicted class (see `predicted_labels`) is the target's."""
+    return (predicted_labels(outputs, encoding, threshold) == true_labels(targets, encoding)).float().mean()
 
 
 def mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -1,26 +1,107 @@
-"""Figures logged beside a run, one function per plot, each returning a matplotlib Figure.
+"""The pictures a run logs to MLflow (under plots/) and saves in its output folder.
+
+Every run: the loss curves. 2-D classification: the decision boundary beside the loss curves, as
+REFERENCE.md E shows them. Multi-class classification: the confusion matrix on the test (else
+validation) split. Regression: predicted against actual on the validation split.
 
 Figures are built with matplotlib's object API on an Agg canvas, not with pyplot: nothing is kept
 in pyplot's global list of open figures, and no display or GUI backend is needed, whatever the
 user's matplotlib backend is.
 """
-import numpy as np
+from pathlib import Path
+
+import mlflow
+import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import ConfusionMatrixDisplay
+
+from experiments.metrics import predicted_labels, true_labels
+
+CLASSIFICATION = ("index", "onehot", "sign", "binary")
 
 
-def predicted_vs_actual(predicted: np.ndarray, actual: np.ndarray, target: str, split: str) -> Figure:
-    """Scatter of the model's predictions of `target` against its values in `split`, with the line of perfect
-    predictions (y = x): points above it are overestimates, below it underestimates."""
-    predicted, actual = np.ravel(predicted), np.ravel(actual)
-    figure = Figure(figsize=(5, 5), layout="constrained")
+def new_figure(width: float, height: float, columns: int = 1):
+    figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots()
-    axes.scatter(actual, predicted, s=10, alpha=0.6)
+    return figure, figure.subplots(1, columns)
+
+
+def draw_loss_curves(ax, run_id: str) -> None:
+    client = mlflow.MlflowClient()
+    for stage in ("train", "val"):
+        values = [m.value for m in sorted(client.get_metric_history(run_id, f"{stage}/loss"), key=lambda m: m.step)]
+        ax.plot(range(1, len(values) + 1), values, label=stage)
+    ax.set(xlabel="epoch", ylabel="loss", title="Loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend()
+
+
+def draw_decision_boundary(ax, model, datamodule, threshold: float) -> None:
+    """Filled contour of the predicted class over the unit square, the training points on top."""
+    grid = torch.linspace(0, 1, 200)
+    xx, yy = torch.meshgrid(grid, grid, indexing="xy")
+    with torch.no_grad():
+        outputs = model(datamodule.normalize(torch.stack([xx.flatten(), yy.flatten()], dim=1)))
+    classes = predicted_labels(outputs, datamodule.target_encoding, threshold).view(xx.shape)
+    ax.contourf(xx, yy, classes, alpha=0.3, cmap="coolwarm")
+    points, targets = datamodule.train.inputs, datamodule.train.targets
+    ax.scatter(points[:, 0], points[:, 1], c=true_labels(targets, datamodule.target_encoding), cmap="coolwarm",
+               s=12, edgecolors="k", linewidths=0.3)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="x0", ylabel="x1", title="Decision boundary")
+
+
+def draw_confusion_matrix(ax, model, datamodule) -> None:
+    on_test = datamodule.test is not None
+    predicted, actual = [], []
+    with torch.no_grad():
+        for inputs, targets in datamodule.test_dataloader() if on_test else datamodule.val_dataloader():
+            predicted.append(predicted_labels(model(datamodule.normalize(inputs)), datamodule.target_encoding))
+            actual.append(true_labels(targets, datamodule.target_encoding))
+    ConfusionMatrixDisplay.from_predictions(torch.cat(actual), torch.cat(predicted), ax=ax, colorbar=False)
+    ax.set(title=f"Confusion matrix ({'test' if on_test else 'validation'})")
+
+
+def draw_predicted_vs_actual(ax, model, datamodule) -> None:
+    """Predictions against the validation targets, with the line of perfect predictions (y = x):
+    points above it are overestimates, below it underestimates."""
+    with torch.no_grad():
+        predicted = model(datamodule.normalize(datamodule.val.inputs)).numpy().ravel()
+    actual = datamodule.val.targets.numpy().ravel()
+    target = getattr(datamodule, "target_name", "target")
+    ax.scatter(actual, predicted, s=10, alpha=0.6)
     low, high = min(actual.min(), predicted.min()), max(actual.max(), predicted.max())
-    axes.plot([low, high], [low, high], color="black", linewidth=1, label="predicted = actual")
-    axes.set(xlabel=f"actual {target}", ylabel=f"predicted {target}",
-             title=f"Predicted vs actual ({split}, {len(actual)} rows)",
-             aspect="equal")
-    axes.legend(loc="upper left")
-    return figure
+    ax.plot([low, high], [low, high], color="black", linewidth=1, label="predicted = actual")
+    ax.set(xlabel=f"actual {target}", ylabel=f"predicted {target}", aspect="equal",
+           title=f"Predicted vs actual (validation, {len(actual)} rows)")
+    ax.legend(loc="upper left")
+
+
+def log_plots(run_id: str, model, datamodule, threshold: float, output_dir: Path | None) -> list[str]:
+    """Draw the plots that fit this run, log each to MLflow and save it to `output_dir`; return their names."""
+    model.eval()
+    encoding = datamodule.target_encoding
+    figures = {}
+    if mlflow.MlflowClient().get_metric_history(run_id, "train/loss"):
+        figure, ax = new_figure(6, 4)
+        draw_loss_curves(ax, run_id)
+        figures["loss_curves.png"] = figure
+    if datamodule.input_shape == (2,) and encoding in CLASSIFICATION:
+        figure, (left, right) = new_figure(11, 4.5, columns=2)
+        draw_decision_boundary(left, model, datamodule, threshold)
+        draw_loss_curves(right, run_id)
+        figures["decision_boundary.png"] = figure
+    if encoding in ("index", "onehot") and datamodule.num_outputs > 2:
+        figure, ax = new_figure(7, 6)
+        draw_confusion_matrix(ax, model, datamodule)
+        figures["confusion_matrix.png"] = figure
+    if encoding == "regression":
+        figure, ax = new_figure(5, 5)
+        draw_predicted_vs_actual(ax, model, datamodule)
+        figures["predicted_vs_actual.png"] = figure
+    for name, figure in figures.items():
+        mlflow.log_figure(figure, f"plots/{name}")
+        if output_dir is not None:
+            figure.savefig(output_dir / name)
+    return list(figures)

@@ -1,15 +1,16 @@
 """One experiment run: build data, model and task from the config, train, test, track, report."""
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
 import mlflow
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Timer
 from omegaconf import DictConfig
 
-from experiments import tracking
+from experiments import plots, tracking
 from experiments.errors import ConfigError
 from experiments.report import print_results
 from experiments.task import Task
@@ -37,31 +38,50 @@ def check_one_batch(task: Task, datamodule) -> None:
         ) from error
 
 
+def output_dir() -> Path | None:
+    """This job's Hydra output folder; None when the config was composed without a job (the Python API)."""
+    directory = HydraConfig.get().runtime.output_dir
+    return Path(directory) if directory else None
+
+
 def run(config: DictConfig) -> Result:
     """Train and evaluate as `config` says, tracked in MLflow; print and return the final metrics."""
     L.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = instantiate(config.data)
     model = instantiate(config.model, input_shape=datamodule.input_shape, num_outputs=datamodule.num_outputs)
     metrics = instantiate(config.metrics, _convert_="all")
-    task = Task(model, instantiate(config.loss), metrics, instantiate(config.optimizer))
+    scheduler = instantiate(config.scheduler) if config.scheduler else None
+    task = Task(model, instantiate(config.loss), metrics, instantiate(config.optimizer), scheduler)
     check_one_batch(task, datamodule)
 
     choices = HydraConfig.get().runtime.choices
-    title = f"{choices.data} · {choices.model}"
-    timer = Timer()
-    with tracking.start_run(config, config.tracking.run_name or f"{choices.data}-{choices.model}") as logger:
-        trainer = instantiate(config.trainer, logger=logger, callbacks=[timer])
-        trainer.fit(task, datamodule=datamodule)
+    run_name = config.tracking.run_name or f"{choices.data}-{choices.model}"
+    with tracking.start_run(config, run_name, choices) as logger:
+        trainer = instantiate(config.trainer, logger=logger)
+        start = time.perf_counter()
+        if hasattr(model, "fit"):  # a closed-form model (the mean-image baseline): no optimizer, no epochs
+            model.fit(datamodule.normalize(datamodule.train.inputs), datamodule.train.targets)
+            fit_seconds, passes = time.perf_counter() - start, 1
+            trainer.validate(task, datamodule=datamodule, verbose=False)
+        else:
+            trainer.fit(task, datamodule=datamodule)
+            fit_seconds, passes = time.perf_counter() - start, trainer.current_epoch
         results = {name: float(value) for name, value in trainer.callback_metrics.items()}
-        if datamodule.test is not None:  # testing replaces the callback metrics: add to those of fit
-            results |= trainer.test(task, datamodule=datamodule, verbose=False)[0]
-        fit_seconds = timer.time_elapsed("train")
+        if datamodule.test is not None:  # test replaces the trainer's metrics with its own
+            trainer.test(task, datamodule=datamodule, verbose=False)
+            results |= {name: float(value) for name, value in trainer.callback_metrics.items()}
         results["time/fit_seconds"] = fit_seconds
-        results["time/samples_per_second"] = len(datamodule.train) * trainer.current_epoch / fit_seconds
-        mlflow.log_metrics({key: value for key, value in results.items() if key.startswith("time/")})
+        results["time/samples_per_second"] = len(datamodule.train) * passes / fit_seconds
+        model.cpu()  # plots and the logged model's example run on the CPU, whatever trained it
+        if hasattr(model, "diagnostics"):
+            results |= {f"model/{name}": value for name, value in model.diagnostics().items()}
+        mlflow.log_metrics({key: value for key, value in results.items() if key.split("/")[0] in ("time", "model")})
+        accuracy = metrics.get("accuracy")
+        plots.log_plots(logger.run_id, model, datamodule, accuracy.keywords["threshold"] if accuracy else 0.5,
+                        output_dir())
         results |= datamodule.log_extras(model)
         tracking.log_model(model, datamodule.normalize(datamodule.train.inputs[:2]))
 
-    print_results(f"{title} · {trainer.current_epoch} epochs", results, logger.run_id,
+    print_results(f"{choices.data} · {choices.model} · {trainer.current_epoch} epochs", results, logger.run_id,
                   tracking.ui_command(config.tracking.tracking_uri))
     return Result(logger.run_id, results, model)

@@ -1,4 +1,5 @@
 """The Lightning task: a model, a loss, metrics and an optimizer, all built from config."""
+import inspect
 from collections.abc import Callable
 
 import lightning as L
@@ -21,9 +22,10 @@ class Task(L.LightningModule):
         loss: Callable,
         metrics: dict[str, Callable | Metric],
         optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
     ):
         super().__init__()
-        self.model, self.loss, self.optimizer = model, loss, optimizer
+        self.model, self.loss, self.optimizer, self.scheduler = model, loss, optimizer, scheduler
         self.metrics = {name: metric for name, metric in metrics.items() if not isinstance(metric, Metric)}
         # Submodules, so they move to the model's device; "<stage>_metrics" as "train" is a Module method.
         self.epoch_metrics = torch.nn.ModuleDict({
@@ -78,4 +80,11 @@ class Task(L.LightningModule):
         self._step(batch, "test")
 
     def configure_optimizers(self):
-        return self.optimizer(self.model.parameters())
+        optimizer = self.optimizer(self.model.parameters())
+        if self.scheduler is None:
+            return optimizer
+        options = {}
+        if "total_steps" in inspect.signature(self.scheduler.func).parameters:  # one-cycle needs the run's length
+            options["total_steps"] = self.trainer.estimated_stepping_batches
+        scheduler = self.scheduler(optimizer, **options)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -18,7 +18,6 @@ from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from experiments import plots
 from experiments.data.tensors import Split, TensorDataModule
 from experiments.errors import ConfigError
 
@@ -212,13 +211,7 @@ class TabularDataModule(TensorDataModule):
         }
 
     def log_extras(self, model: torch.nn.Module) -> dict[str, float]:
-        """Log the least-squares baseline and a predicted-vs-actual plot of the validation split."""
+        """Log the least-squares baseline beside the run (plots.py draws predicted vs actual)."""
         baseline = self.closed_form_metrics()
         mlflow.log_metrics(baseline)
-        parameter = next(model.parameters())
-        model.eval()
-        with torch.no_grad():
-            predicted = model(self.normalize(self.val.inputs).to(parameter.device, parameter.dtype)).cpu()
-        figure = plots.predicted_vs_actual(predicted.numpy(), self.val.targets.numpy(), self.target_name, "validation")
-        mlflow.log_figure(figure, "plots/predicted_vs_actual.png")
         return baseline

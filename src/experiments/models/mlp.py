@@ -47,6 +47,7 @@ class MLP(nn.Sequential):
         if output_activation:
             layers.append(make_activation(output_activation))
         super().__init__(*layers)
+        self.hidden_layers = len(hidden_sizes)
         self._initialise(init, init_std)
 
     def _initialise(self, init: str, std: float) -> None:
@@ -60,3 +61,12 @@ class MLP(nn.Sequential):
                         nn.init.zeros_(layer.weight)
                     else:
                         nn.init.normal_(layer.weight, std=std)
+
+    def diagnostics(self) -> dict[str, float]:
+        """How many first-hidden-layer units differ (the zero-initialisation symmetry leaves 1)."""
+        if not self.hidden_layers:
+            return {}
+        first = self[1]
+        units = torch.cat([first.weight, first.bias.unsqueeze(1)], dim=1).detach()
+        # rounded: the same arithmetic on identical units may still differ in the last bits
+        return {"distinct_hidden_units": float(len(torch.unique((units * 1e6).round(), dim=0)))}

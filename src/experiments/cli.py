@@ -1,0 +1,72 @@
+"""Command-line plumbing shared by the apps (`experiments`, `experiments.reproduce`, ...): bad input
+reported as one line, and override values checked against their types. Imports only Hydra and OmegaConf."""
+import os
+import sys
+from contextlib import contextmanager
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from experiments.errors import ConfigError
+
+
+def check_override_types(config: DictConfig) -> None:
+    """Reject `key=value` overrides whose value has the wrong type for the key, e.g. `optimizer.lr=abc`.
+
+    OmegaConf keeps the YAML's values untyped, so compare each override with the value the
+    same config groups give that key before the command line changes it.
+    """
+    hydra_config = HydraConfig.get()
+    groups = [f"{group}={option}" for group, option in hydra_config.runtime.choices.items()
+              if option is not None and not group.startswith("hydra")]
+    defaults = hydra.compose(hydra_config.job.config_name, overrides=groups)
+    for override in OverridesParser.create().parse_overrides(list(hydra_config.overrides.task)):
+        if override.is_delete() or not isinstance(override.value(), str):
+            continue
+        default = OmegaConf.select(defaults, override.key_or_group, default=None, throw_on_missing=False)
+        if isinstance(default, (bool, int, float)):
+            raise ConfigError(
+                f"{override.key_or_group}={override.value()}: expected {type(default).__name__} "
+                f"like the default {default!r}, got the text {override.value()!r}"
+            )
+
+
+def one_line(error: Exception) -> str:
+    if isinstance(error, MissingConfigException) and error.options:
+        group = error.missing_cfg_file.rsplit("/", 1)[0]
+        return f"{str(error).splitlines()[0]}; available {group} options: {', '.join(sorted(error.options))}"
+    cause = error.__cause__
+    if isinstance(cause, ConfigError):  # raised while Hydra instantiated a config: ours is the message
+        return str(cause)
+    message = str(error) + (f" ({cause})" if isinstance(cause, OmegaConfBaseException) else "")
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+@contextmanager
+def reported_as_one_line():
+    """Turn bad input into one line on stderr and exit status 2; other errors keep their traceback.
+
+    Used inside the job too: an exception leaving a job makes Hydra print a line of its own first.
+    """
+    try:
+        yield
+    except (ConfigError, HydraException, OmegaConfBaseException) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run_app(app) -> None:
+    """Run a Hydra app, printing bad input as one line.
+
+    Hydra reports config errors over several lines; asked to raise them instead (HYDRA_FULL_ERROR),
+    it lets us print one. A user who sets HYDRA_FULL_ERROR themselves gets Hydra's full report.
+    """
+    if "HYDRA_FULL_ERROR" in os.environ:
+        return app()
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    with reported_as_one_line():
+        app()
