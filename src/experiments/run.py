@@ -8,7 +8,7 @@ import mlflow
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from experiments import plots, tracking
 from experiments.errors import ConfigError
@@ -40,8 +40,8 @@ def check_one_batch(task: Task, datamodule) -> None:
 
 def output_dir() -> Path | None:
     """This job's Hydra output folder; None when the config was composed without a job (the Python API)."""
-    directory = HydraConfig.get().runtime.output_dir
-    return Path(directory) if directory else None
+    runtime = HydraConfig.get().runtime
+    return None if OmegaConf.is_missing(runtime, "output_dir") else Path(runtime.output_dir)
 
 
 def run(config: DictConfig) -> Result:
