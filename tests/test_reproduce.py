@@ -61,7 +61,7 @@ def test_reproduce_runs_the_chosen_presets_and_reports_verdicts(tmp_path, store)
 
 
 def test_reproduce_says_no_when_a_run_falls_short(tmp_path):
-    result = cli("-m", "experiments.reproduce", "presets=[xor_mlp]", "overrides=[trainer.max_epochs=1]", cwd=tmp_path)
+    result = cli("-m", "experiments.reproduce", "presets=[xor_mlp]", "overrides=['trainer.max_epochs=1']", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert report_rows(tmp_path)["xor_mlp"]["verdict"] == "no"
 

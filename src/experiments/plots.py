@@ -2,24 +2,31 @@
 
 Every run: the loss curves. 2-D classification: the decision boundary beside the loss curves, as
 REFERENCE.md E shows them. Multi-class classification: the confusion matrix on the test (else
-validation) split.
+validation) split. Regression: predicted against actual on the validation split.
+
+Figures are built with matplotlib's object API on an Agg canvas, not with pyplot: nothing is kept
+in pyplot's global list of open figures, and no display or GUI backend is needed, whatever the
+user's matplotlib backend is.
 """
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no window: runs on servers and in CI
-
-import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
 import mlflow
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import ConfusionMatrixDisplay
 
 from experiments.metrics import predicted_labels, true_labels
 from experiments.task import apply
 
 CLASSIFICATION = ("index", "onehot", "sign", "binary")
+
+
+def new_figure(width: float, height: float, columns: int = 1):
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(1, columns)
 
 
 def draw_loss_curves(ax, run_id: str) -> None:
@@ -58,28 +65,45 @@ def draw_confusion_matrix(ax, model, datamodule) -> None:
     ax.set(title=f"Confusion matrix ({'test' if on_test else 'validation'})")
 
 
+def draw_predicted_vs_actual(ax, model, datamodule) -> None:
+    """Predictions against the validation targets, with the line of perfect predictions (y = x):
+    points above it are overestimates, below it underestimates."""
+    with torch.no_grad():
+        predicted = model(datamodule.normalize(datamodule.val.inputs)).numpy().ravel()
+    actual = datamodule.val.targets.numpy().ravel()
+    target = getattr(datamodule, "target_name", "target")
+    ax.scatter(actual, predicted, s=10, alpha=0.6)
+    low, high = min(actual.min(), predicted.min()), max(actual.max(), predicted.max())
+    ax.plot([low, high], [low, high], color="black", linewidth=1, label="predicted = actual")
+    ax.set(xlabel=f"actual {target}", ylabel=f"predicted {target}", aspect="equal",
+           title=f"Predicted vs actual (validation, {len(actual)} rows)")
+    ax.legend(loc="upper left")
+
+
 def log_plots(run_id: str, model, datamodule, threshold: float, output_dir: Path | None) -> list[str]:
     """Draw the plots that fit this run, log each to MLflow and save it to `output_dir`; return their names."""
-    model = model.eval()
+    model.eval()
     encoding = datamodule.target_encoding
     figures = {}
     if mlflow.MlflowClient().get_metric_history(run_id, "train/loss"):
-        figure, ax = plt.subplots(figsize=(6, 4))
+        figure, ax = new_figure(6, 4)
         draw_loss_curves(ax, run_id)
         figures["loss_curves.png"] = figure
     if datamodule.input_shape == (2,) and encoding in CLASSIFICATION:
-        figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+        figure, (left, right) = new_figure(11, 4.5, columns=2)
         draw_decision_boundary(left, model, datamodule, threshold)
         draw_loss_curves(right, run_id)
         figures["decision_boundary.png"] = figure
     if encoding in ("index", "onehot") and datamodule.num_outputs > 2:
-        figure, ax = plt.subplots(figsize=(7, 6))
+        figure, ax = new_figure(7, 6)
         draw_confusion_matrix(ax, model, datamodule)
         figures["confusion_matrix.png"] = figure
+    if encoding == "regression":
+        figure, ax = new_figure(5, 5)
+        draw_predicted_vs_actual(ax, model, datamodule)
+        figures["predicted_vs_actual.png"] = figure
     for name, figure in figures.items():
-        figure.tight_layout()
         mlflow.log_figure(figure, f"plots/{name}")
         if output_dir is not None:
             figure.savefig(output_dir / name)
-        plt.close(figure)
     return list(figures)

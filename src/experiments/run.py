@@ -40,8 +40,8 @@ def check_one_batch(task: Task, datamodule) -> None:
 
 def output_dir() -> Path | None:
     """This job's Hydra output folder; None when the config was composed without a job (the Python API)."""
-    directory = OmegaConf.select(HydraConfig.get().runtime, "output_dir", default=None)  # missing when composed
-    return Path(directory) if directory else None
+    runtime = HydraConfig.get().runtime
+    return None if OmegaConf.is_missing(runtime, "output_dir") else Path(runtime.output_dir)
 
 
 def run(config: DictConfig) -> Result:
@@ -75,12 +75,14 @@ def run(config: DictConfig) -> Result:
             results |= {name: float(value) for name, value in trainer.callback_metrics.items()}
         results["time/fit_seconds"] = fit_seconds
         results["time/samples_per_second"] = len(datamodule.train) * passes / fit_seconds
+        model.cpu()  # plots and the logged model's example run on the CPU, whatever trained it
         if hasattr(model, "diagnostics"):
             results |= {f"model/{name}": value for name, value in model.diagnostics().items()}
         mlflow.log_metrics({key: value for key, value in results.items() if key.split("/")[0] in ("time", "model")})
         accuracy = metrics.get("accuracy")
         plots.log_plots(logger.run_id, model, datamodule, accuracy.keywords["threshold"] if accuracy else 0.5,
                         output_dir())
+        results |= datamodule.log_extras(model)
         tracking.log_model(model, task.example_input_array)
         checkpoint.save(config, model, datamodule, output_dir())
 

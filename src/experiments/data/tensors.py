@@ -112,3 +112,8 @@ class TensorDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         inputs, targets = batch
         return self.normalize(inputs), targets
+
+    def log_extras(self, model: torch.nn.Module) -> dict[str, float]:
+        """Log what this dataset adds to a run after training (baselines, plots) to the active MLflow
+        run; return the metrics among it. Nothing by default."""
+        return {}
