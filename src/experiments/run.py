@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import plots, tracking
+from experiments import plots, sweep, tracking
 from experiments.errors import ConfigError
 from experiments.report import print_results
 from experiments.task import Task
@@ -55,8 +55,9 @@ def run(config: DictConfig) -> Result:
     check_one_batch(task, datamodule)
 
     choices = HydraConfig.get().runtime.choices
-    run_name = config.tracking.run_name or f"{choices.data}-{choices.model}"
-    with tracking.start_run(config, run_name, choices) as logger:
+    parent_run_id, child_name = sweep.job_parent() or (None, None)
+    run_name = config.tracking.run_name or child_name or f"{choices.data}-{choices.model}"
+    with tracking.start_run(config, run_name, choices, parent_run_id) as logger:
         trainer = instantiate(config.trainer, logger=logger)
         start = time.perf_counter()
         if hasattr(model, "fit"):  # a closed-form model (the mean-image baseline): no optimizer, no epochs
