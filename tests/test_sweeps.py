@@ -1,6 +1,14 @@
 """Sweeps: a multirun is one MLflow parent run with a child run per job, summarised on the parent."""
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 
+import pytest
 from conftest import QUIET, cli
 
 TINY = ["data=xor", "trainer.max_epochs=2", *QUIET]
@@ -62,3 +70,54 @@ def test_a_single_run_has_no_parent(store):
     assert result.returncode == 0, result.stderr
     (run,) = runs_of(store)
     assert run.info.run_name == "single" and "mlflow.parentRunId" not in run.data.tags
+
+
+@pytest.fixture
+def tracking_server(isolated):
+    """`mlflow server` on 127.0.0.1 with a SQLite store and a local artifact folder; stopped at the end."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{isolated}/server.db", "--artifacts-destination", str(isolated / "served")],
+        # No background job workers (this test needs none); its own process group, to stop them all.
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        for _ in range(240):  # up to 2 minutes to start on a busy machine
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                assert server.poll() is None, "mlflow server exited"
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not start")
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server and its workers
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def test_the_server_preset_records_runs_and_artifacts_on_a_tracking_server(tracking_server, isolated):
+    result = cli("-m", "experiments", "tracking=server", f"tracking.tracking_uri={tracking_server}",
+                 "tracking.run_name=served", *TINY)
+    assert result.returncode == 0, result.stderr
+    assert not (isolated / "mlflow.db").exists(), "nothing went to the local store"
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_server)
+    (run,) = client.search_runs([client.get_experiment_by_name("experiments").experiment_id])
+    assert (run.info.run_name, run.info.status) == ("served", "FINISHED")
+    assert "val/loss" in run.data.metrics
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:"), "artifacts go through the server"
+    config = client.download_artifacts(run.info.run_id, "config.yaml", str(isolated))
+    assert "tracking_uri: " + tracking_server in open(config).read()

@@ -53,4 +53,6 @@ def log_model(model: torch.nn.Module, input_example: torch.Tensor) -> None:
 
 
 def ui_command(tracking_uri: str) -> str:
-    return f"mlflow ui --backend-store-uri {tracking_uri}"
+    """How to see the runs: a tracking server serves its own UI at its address."""
+    served = tracking_uri.startswith(("http://", "https://"))
+    return tracking_uri if served else f"mlflow ui --backend-store-uri {tracking_uri}"
