@@ -72,6 +72,19 @@ def test_a_single_run_has_no_parent(store):
     assert run.info.run_name == "single" and "mlflow.parentRunId" not in run.data.tags
 
 
+def test_an_8_job_sweep_in_parallel_processes_records_every_run_in_the_sqlite_store(store):
+    result = cli("-m", "experiments", "-m", "hydra/launcher=parallel", "optimizer.lr=0.1,0.01", "model=mlp,linear",
+                 "seed=0,1", *TINY)
+    assert result.returncode == 0, result.stderr
+    assert "database is locked" not in result.stderr
+
+    parent, children = parent_and_children(store)
+    assert len(children) == 8
+    assert [child.info.status for child in children] == ["FINISHED"] * 8
+    assert len({child.info.run_name for child in children}) == 8
+    assert len(json.loads(open(store.download_artifacts(parent.info.run_id, "sweep/children.json")).read())["data"]) == 8
+
+
 @pytest.fixture
 def tracking_server(isolated):
     """`mlflow server` on 127.0.0.1 with a SQLite store and a local artifact folder; stopped at the end."""
