@@ -134,3 +134,19 @@ def test_the_server_preset_records_runs_and_artifacts_on_a_tracking_server(track
     assert run.info.artifact_uri.startswith("mlflow-artifacts:"), "artifacts go through the server"
     config = client.download_artifacts(run.info.run_id, "config.yaml", str(isolated))
     assert "tracking_uri: " + tracking_server in open(config).read()
+
+
+def test_an_optuna_search_records_its_best_trial_on_the_parent(store):
+    result = cli("-m", "experiments", "hparams_search=mlp_circle", "hydra.sweeper.n_trials=3", "data.n_points=100",
+                 "trainer.max_epochs=2", *QUIET)
+    assert result.returncode == 0, result.stderr
+
+    parent, children = parent_and_children(store)
+    assert len(children) == 3 and {child.info.status for child in children} == {"FINISHED"}
+    best = min(children, key=lambda child: child.data.metrics["val/loss"])
+    assert parent.data.tags["best.run_id"] == best.info.run_id
+    assert parent.data.metrics["best/val/loss"] == best.data.metrics["val/loss"]
+    assert float(parent.data.params["best.optimizer.lr"]) == float(best.data.params["optimizer.lr"])
+    assert parent.data.params["best.model.activation"] == best.data.params["model.activation"]
+    optuna_result = open(store.download_artifacts(parent.info.run_id, "sweep/optimization_results.yaml")).read()
+    assert f"best_value: {best.data.metrics['val/loss']}" in optuna_result

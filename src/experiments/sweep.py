@@ -118,7 +118,10 @@ class ParentRun(Callback):
         import mlflow
 
         client = mlflow.MlflowClient()
-        keys = json.loads((Path(config.hydra.sweep.dir) / PARENT_FILE).read_text())["swept"]
+        sweep_dir = Path(config.hydra.sweep.dir)
+        keys = json.loads((sweep_dir / PARENT_FILE).read_text())["swept"]
+        if (sweep_dir / "optimization_results.yaml").is_file():  # the Optuna sweeper's best trial
+            client.log_artifact(self.run_id, str(sweep_dir / "optimization_results.yaml"), "sweep")
         runs = client.search_runs([client.get_run(self.run_id).info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{self.run_id}'", order_by=["attributes.start_time"])
         table = children_table(runs, keys)
