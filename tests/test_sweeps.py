@@ -9,6 +9,7 @@ import time
 import urllib.request
 
 import pytest
+import yaml
 from conftest import QUIET, cli
 
 TINY = ["data=xor", "trainer.max_epochs=2", *QUIET]
@@ -150,3 +151,53 @@ def test_an_optuna_search_records_its_best_trial_on_the_parent(store):
     assert parent.data.params["best.model.activation"] == best.data.params["model.activation"]
     optuna_result = open(store.download_artifacts(parent.info.run_id, "sweep/optimization_results.yaml")).read()
     assert f"best_value: {best.data.metrics['val/loss']}" in optuna_result
+
+
+def test_the_slurm_preset_composes_and_its_pickled_job_runs_as_on_a_node(store, monkeypatch):
+    """No cluster here: compose the preset, pickle the launcher's job as submitit sends it to SLURM
+    (cloudpickle), then unpickle and run it as a SLURM task would, inside the sweep's parent run."""
+    import cloudpickle
+    from hydra import initialize_config_module
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.plugins import Plugins
+    from hydra.core.singleton import Singleton
+    from hydra.types import HydraContext, RunMode
+
+    from experiments.__main__ import app
+
+    overrides = ["hydra.mode=MULTIRUN", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=30",
+                 "model=mlp,linear", *TINY]
+    with initialize_config_module("experiments.conf", version_base="1.3"):
+        hydra = GlobalHydra.instance().hydra
+        config = hydra.compose_config("config", overrides, run_mode=RunMode.MULTIRUN)
+        launcher_config = config.hydra.launcher
+        assert launcher_config._target_.endswith("SlurmLauncher")
+        assert (launcher_config.partition, launcher_config.timeout_min, launcher_config.gpus_per_node) == ("gpu", 30, 1)
+
+        callbacks = Callbacks(config)
+        callbacks.on_multirun_start(config=config)
+        launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=HydraContext(config_loader=hydra.config_loader, callbacks=callbacks),
+            task_function=app.__wrapped__, config=config)
+        job_args = (["model=linear", *TINY], "hydra.sweep.dir", 0, "job_id_for_0", Singleton.get_state())
+        pickled = cloudpickle.dumps((launcher, job_args))
+
+        monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")  # what submitit reads inside a SLURM job
+        monkeypatch.setenv("SLURM_JOB_ID", "42")
+        job, args = cloudpickle.loads(pickled)
+        objective = job(*args).return_value
+        callbacks.on_multirun_end(config=config)
+
+    parent, (child,) = parent_and_children(store)
+    assert (child.info.run_name, child.info.status) == ("model=linear", "FINISHED")
+    assert objective == child.data.metrics["val/loss"]
+    assert parent.info.status == "FINISHED" and parent.data.tags["best.run_id"] == child.info.run_id
+
+
+def test_the_ddp_trainer_preset_composes():
+    result = cli("-m", "experiments", "trainer=ddp", "trainer.num_nodes=2", "--cfg", "job", "-p", "trainer")
+    assert result.returncode == 0, result.stderr
+    trainer = yaml.safe_load(result.stdout)
+    assert (trainer["strategy"], trainer["accelerator"], trainer["num_nodes"]) == ("ddp", "gpu", 2)
+    assert trainer["max_epochs"] == 50, "the default trainer's settings are kept"

@@ -61,7 +61,7 @@ def children_table(runs, keys: list[str]):
 
     rows = [{"run_name": run.info.run_name, "status": run.info.status,
              **{key: swept_value(run, key) for key in keys}, **run.data.metrics} for run in runs]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else ["run_name", "status", *keys])
 
 
 def markdown(table) -> str:
