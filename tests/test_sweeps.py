@@ -66,11 +66,14 @@ def test_the_objective_direction_picks_the_best_child(store):
     assert parent.data.metrics["best/val/accuracy"] == best.data.metrics["val/accuracy"]
 
 
-def test_a_single_run_has_no_parent(store):
-    result = cli("-m", "experiments", "tracking.run_name=single", *TINY)
-    assert result.returncode == 0, result.stderr
-    (run,) = runs_of(store)
-    assert run.info.run_name == "single" and "mlflow.parentRunId" not in run.data.tags
+def test_a_failed_job_fails_the_sweep_and_its_parent_run(store):
+    result = cli("-m", "experiments", "-m", "optimizer.lr=0.1,-1", *TINY)  # Adam rejects a negative rate
+    assert result.returncode != 0
+
+    parent, children = parent_and_children(store)
+    assert sorted((child.info.run_name, child.info.status) for child in children) == [
+        ("optimizer.lr=-1", "FAILED"), ("optimizer.lr=0.1", "FINISHED")]
+    assert parent.info.status == "FAILED"
 
 
 def test_an_8_job_sweep_in_parallel_processes_records_every_run_in_the_sqlite_store(store):
@@ -131,6 +134,7 @@ def test_the_server_preset_records_runs_and_artifacts_on_a_tracking_server(track
     client = MlflowClient(tracking_server)
     (run,) = client.search_runs([client.get_experiment_by_name("experiments").experiment_id])
     assert (run.info.run_name, run.info.status) == ("served", "FINISHED")
+    assert "mlflow.parentRunId" not in run.data.tags, "a single run has no parent"
     assert "val/loss" in run.data.metrics
     assert run.info.artifact_uri.startswith("mlflow-artifacts:"), "artifacts go through the server"
     config = client.download_artifacts(run.info.run_id, "config.yaml", str(isolated))
