@@ -93,31 +93,34 @@ class ParentRun(Callback):
     """The MLflow parent run of a multirun (see the module's docstring)."""
 
     def __init__(self) -> None:
-        self.run_id = None
+        # Plain strings only: launchers pickle the callbacks with each job (joblib, submitit).
+        self.run_id = self.tracking_uri = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         import mlflow
 
         HydraConfig.instance().set_config(config)  # the `hydra:` resolver in tracking_uri needs it
-        tracking = config.tracking
-        mlflow.set_tracking_uri(tracking.tracking_uri)
-        experiment = mlflow.set_experiment(tracking.experiment_name)
+        self.tracking_uri = config.tracking.tracking_uri
+        client = mlflow.MlflowClient(self.tracking_uri)
+        experiment = client.get_experiment_by_name(config.tracking.experiment_name)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(
+            config.tracking.experiment_name)
         overrides = " ".join(config.hydra.overrides.task)
         keys = swept_keys(config)
-        run = mlflow.MlflowClient().create_run(experiment.experiment_id, run_name=f"sweep {overrides}".strip(),
-                                               tags={"sweep.overrides": overrides})
+        run = client.create_run(experiment_id, run_name=f"sweep {overrides}".strip(),
+                                tags={"sweep.overrides": overrides})
         self.run_id = run.info.run_id
         sweep_dir = Path(config.hydra.sweep.dir)  # resolved once here: the jobs see the same ${now:} folder
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_FILE).write_text(json.dumps({"run_id": self.run_id, "swept": keys}))
-        mlflow.MlflowClient().log_dict(self.run_id, {"overrides": list(config.hydra.overrides.task),
-                                                     "swept": keys}, "sweep/overrides.json")
+        client.log_dict(self.run_id, {"overrides": list(config.hydra.overrides.task), "swept": keys},
+                        "sweep/overrides.json")
         atexit.register(self.end, "FAILED")  # a failed job stops the sweep before on_multirun_end
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         import mlflow
 
-        client = mlflow.MlflowClient()
+        client = mlflow.MlflowClient(self.tracking_uri)
         sweep_dir = Path(config.hydra.sweep.dir)
         keys = json.loads((sweep_dir / PARENT_FILE).read_text())["swept"]
         if (sweep_dir / "optimization_results.yaml").is_file():  # the Optuna sweeper's best trial
@@ -146,5 +149,5 @@ class ParentRun(Callback):
         if self.run_id is not None:
             import mlflow
 
-            mlflow.MlflowClient().set_terminated(self.run_id, status)
+            mlflow.MlflowClient(self.tracking_uri).set_terminated(self.run_id, status)
             self.run_id = None
