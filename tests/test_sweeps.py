@@ -66,6 +66,13 @@ def test_the_objective_direction_picks_the_best_child(store):
     assert parent.data.metrics["best/val/accuracy"] == best.data.metrics["val/accuracy"]
 
 
+def test_an_objective_metric_that_was_not_recorded_is_one_line_naming_the_recorded_ones(store):
+    result = cli("-m", "experiments", "objective.metric=val/nope", *TINY)
+    assert result.returncode == 2
+    assert "error: objective.metric=val/nope was not recorded; recorded metrics: " in result.stderr
+    assert "val/loss" in result.stderr.splitlines()[-1]
+
+
 def test_a_failed_job_fails_the_sweep_and_its_parent_run(store):
     result = cli("-m", "experiments", "-m", "optimizer.lr=0.1,-1", *TINY)  # Adam rejects a negative rate
     assert result.returncode != 0
