@@ -47,7 +47,8 @@ def test_every_job_of_a_sweep_lands_in_the_one_store(tmp_path, store):
     result = cli("-m", "experiments", "-m", "data=xor", "model=mlp,linear", "trainer.max_epochs=2", *QUIET,
                  cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    runs = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
+    runs = store.search_runs([store.get_experiment_by_name("experiments").experiment_id],
+                             "tags.mlflow.parentRunId != ''")  # the jobs; the sweep's parent run is beside them
     assert sorted(r.data.params["model.hidden_sizes"] for r in runs) == ["[32, 32]", "[]"]
     assert all(r.info.status == "FINISHED" for r in runs)
     assert list(tmp_path.glob("multirun/*/*/0/.hydra/config.yaml"))

@@ -7,15 +7,21 @@ import hydra
 from omegaconf import DictConfig
 
 from experiments.cli import check_override_types, reported_as_one_line, run_app
+from experiments.errors import ConfigError
 
 
 @hydra.main(config_path="pkg://experiments.conf", config_name="config", version_base="1.3")
-def app(config: DictConfig) -> None:
+def app(config: DictConfig) -> float:
+    """Run one experiment; return the objective's final value, for Hydra's sweepers to optimise."""
     with reported_as_one_line():
         check_override_types(config)
         from experiments.run import run  # the heavy imports (torch, Lightning, MLflow) start here
 
-        run(config)
+        metrics = run(config).metrics
+        if config.objective.metric not in metrics:
+            raise ConfigError(f"objective.metric={config.objective.metric} was not recorded; "
+                              f"recorded metrics: {', '.join(sorted(metrics))}")
+        return metrics[config.objective.metric]
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import checkpoint, plots, tracking
+from experiments import checkpoint, plots, sweep, tracking
 from experiments.errors import ConfigError
 from experiments.report import print_model_summary, print_results
 from experiments.task import Task, apply
@@ -57,8 +57,9 @@ def run(config: DictConfig) -> Result:
     summary = print_model_summary(task)
 
     choices = HydraConfig.get().runtime.choices
-    run_name = config.tracking.run_name or f"{choices.data}-{choices.model}"
-    with tracking.start_run(config, run_name, choices) as logger:
+    parent_run_id, child_name = sweep.job_parent() or (None, None)
+    run_name = config.tracking.run_name or child_name or f"{choices.data}-{choices.model}"
+    with tracking.start_run(config, run_name, choices, parent_run_id) as logger:
         mlflow.log_text(summary, "model_summary.txt")
         trainer = instantiate(config.trainer, logger=logger)
         start = time.perf_counter()

@@ -19,14 +19,15 @@ def flatten(config: DictConfig) -> dict[str, object]:
 
 
 @contextmanager
-def start_run(config: DictConfig, run_name: str, choices: dict[str, str | None]) -> Iterator[MLFlowLogger]:
-    """Open a run recording `config`, tagged with the config groups' choices (`choice.data`: mnist, ...);
-    it ends FINISHED, or FAILED if the block raises."""
+def start_run(config: DictConfig, run_name: str, choices: dict[str, str | None],
+              parent_run_id: str | None = None) -> Iterator[MLFlowLogger]:
+    """Open a run recording `config`, tagged with the config groups' choices (`choice.data`: mnist, ...),
+    nested under `parent_run_id` when given (a sweep's job); it ends FINISHED, or FAILED if the block raises."""
     tracking = config.tracking
     mlflow.set_tracking_uri(tracking.tracking_uri)
     mlflow.set_experiment(tracking.experiment_name)
     tags = {f"choice.{group}": str(option) for group, option in choices.items() if not group.startswith("hydra")}
-    with mlflow.start_run(run_name=run_name, tags=tags) as run:
+    with mlflow.start_run(run_name=run_name, tags=tags, parent_run_id=parent_run_id) as run:
         mlflow.log_params(flatten(config))
         mlflow.log_text(OmegaConf.to_yaml(config, resolve=True), "config.yaml")
         yield MLFlowLogger(
@@ -61,4 +62,6 @@ def log_model(model: torch.nn.Module, input_example: torch.Tensor | tuple[torch.
 
 
 def ui_command(tracking_uri: str) -> str:
-    return f"mlflow ui --backend-store-uri {tracking_uri}"
+    """How to see the runs: a tracking server serves its own UI at its address."""
+    served = tracking_uri.startswith(("http://", "https://"))
+    return tracking_uri if served else f"mlflow ui --backend-store-uri {tracking_uri}"

@@ -1,0 +1,217 @@
+"""Sweeps: a multirun is one MLflow parent run with a child run per job, summarised on the parent."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import yaml
+from conftest import QUIET, cli
+
+TINY = ["data=xor", "trainer.max_epochs=2", *QUIET]
+
+
+def runs_of(store):
+    experiment = store.get_experiment_by_name("experiments")
+    return store.search_runs([experiment.experiment_id])
+
+
+def parent_and_children(store):
+    runs = runs_of(store)
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    assert len(parents) == 1, [run.info.run_name for run in runs]
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == len(runs) - 1, "every other run is a child of the parent"
+    return parents[0], children
+
+
+def test_a_4_job_multirun_is_one_parent_with_4_children_named_by_swept_values(store):
+    result = cli("-m", "experiments", "-m", "optimizer.lr=0.1,0.01", "model=mlp,linear", *TINY)
+    assert result.returncode == 0, result.stderr
+
+    parent, children = parent_and_children(store)
+    assert len(children) == 4
+    assert {child.info.status for child in children} == {"FINISHED"}
+    assert parent.info.status == "FINISHED"
+    assert sorted(child.info.run_name for child in children) == [
+        "optimizer.lr=0.01,model=linear", "optimizer.lr=0.01,model=mlp",
+        "optimizer.lr=0.1,model=linear", "optimizer.lr=0.1,model=mlp"]
+
+    assert parent.data.tags["sweep.overrides"].startswith("optimizer.lr=0.1,0.01 model=mlp,linear")
+    artifacts = {artifact.path for artifact in store.list_artifacts(parent.info.run_id, "sweep")}
+    assert artifacts == {"sweep/overrides.json", "sweep/children.json", "sweep/children.md", "sweep/children.csv",
+                         "sweep/objective.png"}
+    summary = json.loads(open(store.download_artifacts(parent.info.run_id, "sweep/children.json")).read())
+    assert {"run_name", "status", "optimizer.lr", "model", "val/loss", "val/accuracy"} <= set(summary["columns"])
+    assert len(summary["data"]) == 4
+
+    best = min(children, key=lambda child: child.data.metrics["val/loss"])  # objective: val/loss, minimize
+    assert parent.data.tags["best.run_id"] == best.info.run_id
+    assert parent.data.metrics["best/val/loss"] == best.data.metrics["val/loss"]
+    assert parent.data.params["best.model"] == best.data.tags["choice.model"]
+    assert parent.data.params["best.optimizer.lr"] == best.data.params["optimizer.lr"]
+
+
+def test_the_objective_direction_picks_the_best_child(store):
+    result = cli("-m", "experiments", "-m", "optimizer.lr=0.3,0.001", "objective.metric=val/accuracy",
+                 "objective.direction=maximize", *TINY)
+    assert result.returncode == 0, result.stderr
+
+    parent, children = parent_and_children(store)
+    best = max(children, key=lambda child: child.data.metrics["val/accuracy"])
+    assert parent.data.metrics["best/val/accuracy"] == best.data.metrics["val/accuracy"]
+
+
+def test_an_objective_metric_that_was_not_recorded_is_one_line_naming_the_recorded_ones(store):
+    result = cli("-m", "experiments", "objective.metric=val/nope", *TINY)
+    assert result.returncode == 2
+    assert "error: objective.metric=val/nope was not recorded; recorded metrics: " in result.stderr
+    assert "val/loss" in result.stderr.splitlines()[-1]
+
+
+def test_a_failed_job_fails_the_sweep_and_its_parent_run(store):
+    result = cli("-m", "experiments", "-m", "optimizer.lr=0.1,-1", *TINY)  # Adam rejects a negative rate
+    assert result.returncode != 0
+
+    parent, children = parent_and_children(store)
+    assert sorted((child.info.run_name, child.info.status) for child in children) == [
+        ("optimizer.lr=-1", "FAILED"), ("optimizer.lr=0.1", "FINISHED")]
+    assert parent.info.status == "FAILED"
+
+
+def test_an_8_job_sweep_in_parallel_processes_records_every_run_in_the_sqlite_store(store):
+    result = cli("-m", "experiments", "-m", "hydra/launcher=parallel", "optimizer.lr=0.1,0.01", "model=mlp,linear",
+                 "seed=0,1", *TINY)
+    assert result.returncode == 0, result.stderr
+    assert "database is locked" not in result.stderr
+
+    parent, children = parent_and_children(store)
+    assert len(children) == 8
+    assert [child.info.status for child in children] == ["FINISHED"] * 8
+    assert len({child.info.run_name for child in children}) == 8
+    summary = json.loads(open(store.download_artifacts(parent.info.run_id, "sweep/children.json")).read())
+    assert len(summary["data"]) == 8
+
+
+@pytest.fixture
+def tracking_server(isolated):
+    """`mlflow server` on 127.0.0.1 with a SQLite store and a local artifact folder; stopped at the end."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{isolated}/server.db", "--artifacts-destination", str(isolated / "served")],
+        # No background job workers (this test needs none); its own process group, to stop them all.
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        for _ in range(240):  # up to 2 minutes to start on a busy machine
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                assert server.poll() is None, "mlflow server exited"
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not start")
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server and its workers
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def test_the_server_preset_records_runs_and_artifacts_on_a_tracking_server(tracking_server, isolated):
+    result = cli("-m", "experiments", "tracking=server", f"tracking.tracking_uri={tracking_server}",
+                 "tracking.run_name=served", *TINY)
+    assert result.returncode == 0, result.stderr
+    assert not (isolated / "mlflow.db").exists(), "nothing went to the local store"
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_server)
+    (run,) = client.search_runs([client.get_experiment_by_name("experiments").experiment_id])
+    assert (run.info.run_name, run.info.status) == ("served", "FINISHED")
+    assert "mlflow.parentRunId" not in run.data.tags, "a single run has no parent"
+    assert "val/loss" in run.data.metrics
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:"), "artifacts go through the server"
+    config = client.download_artifacts(run.info.run_id, "config.yaml", str(isolated))
+    assert "tracking_uri: " + tracking_server in open(config).read()
+
+
+def test_an_optuna_search_records_its_best_trial_on_the_parent(store):
+    result = cli("-m", "experiments", "hparams_search=mlp_circle", "hydra.sweeper.n_trials=3", "data.n_points=100",
+                 "trainer.max_epochs=2", *QUIET)
+    assert result.returncode == 0, result.stderr
+
+    parent, children = parent_and_children(store)
+    assert len(children) == 3 and {child.info.status for child in children} == {"FINISHED"}
+    best = min(children, key=lambda child: child.data.metrics["val/loss"])
+    assert parent.data.tags["best.run_id"] == best.info.run_id
+    assert parent.data.metrics["best/val/loss"] == best.data.metrics["val/loss"]
+    assert float(parent.data.params["best.optimizer.lr"]) == float(best.data.params["optimizer.lr"])
+    assert parent.data.params["best.model.activation"] == best.data.params["model.activation"]
+    optuna_result = open(store.download_artifacts(parent.info.run_id, "sweep/optimization_results.yaml")).read()
+    assert f"best_value: {best.data.metrics['val/loss']}" in optuna_result
+
+
+def test_the_slurm_preset_composes_and_its_pickled_job_runs_as_on_a_node(store, monkeypatch):
+    """No cluster here: compose the preset, pickle the launcher's job as submitit sends it to SLURM
+    (cloudpickle), then unpickle and run it as a SLURM task would, inside the sweep's parent run."""
+    import cloudpickle
+    from hydra import initialize_config_module
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.plugins import Plugins
+    from hydra.core.singleton import Singleton
+    from hydra.types import HydraContext, RunMode
+
+    from experiments.__main__ import app
+
+    overrides = ["hydra.mode=MULTIRUN",  # as the command line's -m adds it
+                 "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=30",
+                 "model=mlp,linear", *TINY]
+    with initialize_config_module("experiments.conf", version_base="1.3"):
+        hydra = GlobalHydra.instance().hydra
+        config = hydra.compose_config("config", overrides, run_mode=RunMode.MULTIRUN)
+        launcher_config = config.hydra.launcher
+        assert launcher_config._target_.endswith("SlurmLauncher")
+        assert (launcher_config.partition, launcher_config.timeout_min) == ("gpu", 30)
+        assert launcher_config.gpus_per_node == 1
+
+        callbacks = Callbacks(config)
+        callbacks.on_multirun_start(config=config)
+        launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=HydraContext(config_loader=hydra.config_loader, callbacks=callbacks),
+            task_function=app.__wrapped__, config=config)
+        job_args = (["model=linear", *TINY], "hydra.sweep.dir", 0, "job_id_for_0", Singleton.get_state())
+        pickled = cloudpickle.dumps((launcher, job_args))
+
+        monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")  # what submitit reads inside a SLURM job
+        monkeypatch.setenv("SLURM_JOB_ID", "42")
+        job, args = cloudpickle.loads(pickled)
+        objective = job(*args).return_value
+        callbacks.on_multirun_end(config=config)
+
+    parent, (child,) = parent_and_children(store)
+    assert (child.info.run_name, child.info.status) == ("model=linear", "FINISHED")
+    assert objective == child.data.metrics["val/loss"]
+    assert parent.info.status == "FINISHED" and parent.data.tags["best.run_id"] == child.info.run_id
+
+
+def test_the_ddp_trainer_preset_composes():
+    result = cli("-m", "experiments", "trainer=ddp", "trainer.num_nodes=2", "--cfg", "job", "-p", "trainer")
+    assert result.returncode == 0, result.stderr
+    trainer = yaml.safe_load(result.stdout)
+    assert (trainer["strategy"], trainer["accelerator"], trainer["num_nodes"]) == ("ddp", "gpu", 2)
+    assert trainer["max_epochs"] == 50, "the default trainer's settings are kept"
