@@ -114,3 +114,14 @@ def test_default_run_trains_circle_tracks_it_in_mlflow_and_prints_results(tmp_pa
     config = yaml.safe_load(open(store.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))))
     assert config["model"]["hidden_sizes"] == [32, 32]
     assert config["tracking"]["tracking_uri"] == f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def test_one_cycle_on_a_run_too_short_for_it_fails_clearly(tmp_path, store):
+    result = cli("-m", "experiments", "data=xor", "trainer.max_epochs=4", *QUIET, cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "4 optimizer steps" in last and "scheduler=constant" in last
+    (run,) = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
+    assert run.info.status == "FAILED"
+    assert cli("-m", "experiments", "data=xor", "trainer.max_epochs=4", "scheduler=constant", *QUIET,
+               cwd=tmp_path).returncode == 0

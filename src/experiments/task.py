@@ -6,6 +6,8 @@ import lightning as L
 import torch
 from torchmetrics import Metric
 
+from experiments.errors import ConfigError
+
 STAGES = ("train", "val", "test")
 
 
@@ -91,5 +93,10 @@ class Task(L.LightningModule):
         options = {}
         if "total_steps" in inspect.signature(self.scheduler.func).parameters:  # one-cycle needs the run's length
             options["total_steps"] = self.trainer.estimated_stepping_batches
-        scheduler = self.scheduler(optimizer, **options)
+        try:
+            scheduler = self.scheduler(optimizer, **options)
+        except ZeroDivisionError:  # OneCycleLR's phases round to zero steps on very short runs
+            raise ConfigError(f"the {self.scheduler.func.__name__} schedule cannot split a run of "
+                              f"{self.trainer.estimated_stepping_batches} optimizer steps into its phases; "
+                              "train for more steps or use scheduler=constant") from None
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
