@@ -5,14 +5,12 @@
     result.metrics["val/accuracy"], result.model
     outputs = predict(result.model, inputs)
 """
-import torch
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from experiments.data.tensors import take
 from experiments.run import Result, run
-from experiments.task import apply
+from experiments.task import predict  # noqa: F401  (the fit/predict sugar: api.predict)
 
 
 def run_experiment(overrides: list[str] = ()) -> Result:
@@ -23,17 +21,3 @@ def run_experiment(overrides: list[str] = ()) -> Result:
         with open_dict(config):
             del config["hydra"]  # as in the app, where the job's config holds no hydra node
         return run(config)
-
-
-def predict(
-    model: torch.nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...], batch_size: int = 1000
-) -> torch.Tensor:
-    """The outputs of a trained model for `inputs` (normalised like its training data; a tuple of tensors
-    for a model with several inputs), computed in eval mode, without gradients, `batch_size` rows at a time."""
-    training = model.training
-    model.eval()
-    n = len(inputs if isinstance(inputs, torch.Tensor) else inputs[0])
-    with torch.no_grad():
-        outputs = torch.cat([apply(model, take(inputs, slice(i, i + batch_size))) for i in range(0, n, batch_size)])
-    model.train(training)
-    return outputs

@@ -18,7 +18,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import ConfusionMatrixDisplay
 
 from experiments.metrics import predicted_labels, true_labels
-from experiments.task import apply
+from experiments.task import predict
 
 CLASSIFICATION = ("index", "onehot", "sign", "binary")
 
@@ -43,8 +43,7 @@ def draw_decision_boundary(ax, model, datamodule, threshold: float) -> None:
     """Filled contour of the predicted class over the unit square, the training points on top."""
     grid = torch.linspace(0, 1, 200)
     xx, yy = torch.meshgrid(grid, grid, indexing="xy")
-    with torch.no_grad():
-        outputs = model(datamodule.normalize(torch.stack([xx.flatten(), yy.flatten()], dim=1)))
+    outputs = predict(model, datamodule.normalize(torch.stack([xx.flatten(), yy.flatten()], dim=1)))
     classes = predicted_labels(outputs, datamodule.target_encoding, threshold).view(xx.shape)
     ax.contourf(xx, yy, classes, alpha=0.3, cmap="coolwarm")
     points, targets = datamodule.train.inputs, datamodule.train.targets
@@ -55,21 +54,17 @@ def draw_decision_boundary(ax, model, datamodule, threshold: float) -> None:
 
 def draw_confusion_matrix(ax, model, datamodule) -> None:
     on_test = datamodule.test is not None
-    predicted, actual = [], []
-    with torch.no_grad():
-        for inputs, targets in datamodule.test_dataloader() if on_test else datamodule.val_dataloader():
-            outputs = apply(model, datamodule.normalize(inputs))  # several inputs: a tuple
-            predicted.append(predicted_labels(outputs, datamodule.target_encoding))
-            actual.append(true_labels(targets, datamodule.target_encoding))
-    ConfusionMatrixDisplay.from_predictions(torch.cat(actual), torch.cat(predicted), ax=ax, colorbar=False)
+    split = datamodule.test if on_test else datamodule.val
+    predicted = predicted_labels(predict(model, datamodule.normalize(split.inputs)), datamodule.target_encoding)
+    actual = true_labels(split.targets, datamodule.target_encoding)
+    ConfusionMatrixDisplay.from_predictions(actual, predicted, ax=ax, colorbar=False)
     ax.set(title=f"Confusion matrix ({'test' if on_test else 'validation'})")
 
 
 def draw_predicted_vs_actual(ax, model, datamodule) -> None:
     """Predictions against the validation targets, with the line of perfect predictions (y = x):
     points above it are overestimates, below it underestimates."""
-    with torch.no_grad():
-        predicted = model(datamodule.normalize(datamodule.val.inputs)).numpy().ravel()
+    predicted = predict(model, datamodule.normalize(datamodule.val.inputs)).numpy().ravel()
     actual = datamodule.val.targets.numpy().ravel()
     target = getattr(datamodule, "target_name", "target")
     ax.scatter(actual, predicted, s=10, alpha=0.6)

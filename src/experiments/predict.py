@@ -13,12 +13,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from experiments import checkpoint
-from experiments.api import predict
 from experiments.cli import reported_as_one_line, run_app
 from experiments.errors import ConfigError
 from experiments.metrics import predicted_labels
-
-SPLITS = ("train", "val", "test")
+from experiments.task import STAGES, predict
 
 
 def evaluate(
@@ -80,9 +78,9 @@ def run(config: DictConfig) -> pd.DataFrame:
         if labels is not None:
             frame.insert(0, "label", labels)
     else:
-        if config.split not in SPLITS or getattr(datamodule, config.split) is None:
+        if config.split not in STAGES or getattr(datamodule, config.split) is None:
             raise ConfigError(f"split={config.split}: the dataset has the splits "
-                              f"{', '.join(s for s in SPLITS if getattr(datamodule, s, None) is not None)}")
+                              f"{', '.join(s for s in STAGES if getattr(datamodule, s, None) is not None)}")
         outputs, metrics = evaluate(saved["config"], model, datamodule, config.split, config.batch_size)
         frame = predictions(outputs, encoding)
         if encoding == "index":

@@ -3,7 +3,7 @@ from lightning.pytorch.utilities.model_summary import ModelSummary
 from rich.console import Console
 from rich.table import Table
 
-STAGES = ("train", "val", "test")
+from experiments.task import STAGES
 
 
 def print_model_summary(task) -> str:

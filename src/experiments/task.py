@@ -6,6 +6,7 @@ import lightning as L
 import torch
 from torchmetrics import Metric
 
+from experiments.data.tensors import take
 from experiments.errors import ConfigError
 
 STAGES = ("train", "val", "test")
@@ -14,6 +15,20 @@ STAGES = ("train", "val", "test")
 def apply(model: torch.nn.Module, inputs) -> torch.Tensor:
     """`model(inputs)`; several inputs (a tuple) go to the model as separate arguments."""
     return model(inputs) if isinstance(inputs, torch.Tensor) else model(*inputs)
+
+
+def predict(
+    model: torch.nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...], batch_size: int = 1000
+) -> torch.Tensor:
+    """The outputs of a trained model for `inputs` (normalised like its training data; a tuple of tensors
+    for a model with several inputs), computed in eval mode, without gradients, `batch_size` rows at a time."""
+    training = model.training
+    model.eval()
+    n = len(inputs if isinstance(inputs, torch.Tensor) else inputs[0])
+    with torch.no_grad():
+        outputs = torch.cat([apply(model, take(inputs, slice(i, i + batch_size))) for i in range(0, n, batch_size)])
+    model.train(training)
+    return outputs
 
 
 class Task(L.LightningModule):
