@@ -29,9 +29,15 @@ def store(isolated):
     return MlflowClient(f"sqlite:///{isolated}/mlflow.db")
 
 
-def cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m experiments ARGS` as a user runs it, with this checkout's sources first on the path."""
+def start(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.Popen:
+    """Start `python ARGS` as a user runs it, with this checkout's sources first on the path."""
     environment = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})}
-    return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, cwd=cwd, env=environment, timeout=900
-    )
+    return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=cwd, env=environment)
+
+
+def cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python ARGS` (`-m experiments ...`) to the end, as a user runs it."""
+    process = start(*args, cwd=cwd, env=env)
+    stdout, stderr = process.communicate(timeout=900)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)

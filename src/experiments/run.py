@@ -7,7 +7,9 @@ import lightning as L
 import mlflow
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import checkpoint, plots, sweep, tracking
@@ -18,7 +20,7 @@ from experiments.task import Task, apply
 
 @dataclass
 class Result:
-    run_id: str
+    run_id: str | None  # None in a DDP run's other processes, which track nothing
     metrics: dict[str, float]
     model: torch.nn.Module
 
@@ -44,8 +46,48 @@ def output_dir() -> Path | None:
     return None if OmegaConf.is_missing(runtime, "output_dir") else Path(runtime.output_dir)
 
 
+def is_first_process(trainer: L.Trainer) -> bool:
+    """Whether this process reports the run. A run of several processes (DDP) runs this program in
+    each; the first one (global rank 0) opens the MLflow run, logs, plots and prints. Read from the
+    node and local ranks, which the trainer knows before fit starts the processes (its global rank
+    and is_global_zero are set only then)."""
+    return trainer.node_rank == 0 and trainer.local_rank == 0
+
+
+def check_launch(trainer: L.Trainer) -> None:
+    """Refuse DDP's default launch inside a local multirun. On one machine, Lightning starts a DDP run's
+    other processes by running the command line again, and in a multirun that is the whole sweep."""
+    relaunches = (isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher) and trainer.num_devices > 1
+                  and not trainer.strategy.cluster_environment.creates_processes_externally)
+    if relaunches and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise ConfigError("trainer=ddp cannot start its processes inside a local multirun (Lightning starts them "
+                          "by running the command line again, sweep included); run each configuration as its own "
+                          "command, or sweep on a cluster with hydra/launcher=slurm")
+
+
+def fit_and_test(trainer: L.Trainer, task: Task, datamodule) -> dict[str, float]:
+    """Train (or fit a closed-form model), validate and test; the final metrics and the fit's timings."""
+    model = task.model
+    start = time.perf_counter()
+    if hasattr(model, "fit"):  # a closed-form model (the mean-image baseline): no optimizer, no epochs
+        model.fit(datamodule.normalize(datamodule.train.inputs), datamodule.train.targets)
+        fit_seconds, passes = time.perf_counter() - start, 1
+        trainer.validate(task, datamodule=datamodule, verbose=False)
+    else:
+        trainer.fit(task, datamodule=datamodule)
+        fit_seconds, passes = time.perf_counter() - start, trainer.current_epoch
+    results = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    if datamodule.test is not None:  # test replaces the trainer's metrics with its own
+        trainer.test(task, datamodule=datamodule, verbose=False)
+        results |= {name: float(value) for name, value in trainer.callback_metrics.items()}
+    results["time/fit_seconds"] = fit_seconds
+    results["time/samples_per_second"] = len(datamodule.train) * passes / fit_seconds
+    return results
+
+
 def run(config: DictConfig) -> Result:
-    """Train and evaluate as `config` says, tracked in MLflow; print and return the final metrics."""
+    """Train and evaluate as `config` says, tracked in MLflow; print and return the final metrics.
+    In a run of several processes, the others train and evaluate only, and return no run id."""
     L.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = instantiate(config.data)
     model = instantiate(config.model, input_shape=datamodule.input_shape, num_outputs=datamodule.num_outputs)
@@ -54,6 +96,10 @@ def run(config: DictConfig) -> Result:
     task = Task(model, instantiate(config.loss), metrics, instantiate(config.optimizer), scheduler)
     check_one_batch(task, datamodule)
     task.example_input_array = datamodule.normalize(datamodule.train.head(2).inputs)
+    trainer = instantiate(config.trainer, logger=False)  # the first process adds MLflow's logger below
+    check_launch(trainer)
+    if not is_first_process(trainer):
+        return Result(None, fit_and_test(trainer, task, datamodule), model)
     summary = print_model_summary(task)
 
     choices = HydraConfig.get().runtime.choices
@@ -61,21 +107,8 @@ def run(config: DictConfig) -> Result:
     run_name = config.tracking.run_name or child_name or f"{choices.data}-{choices.model}"
     with tracking.start_run(config, run_name, choices, parent_run_id) as logger:
         mlflow.log_text(summary, "model_summary.txt")
-        trainer = instantiate(config.trainer, logger=logger)
-        start = time.perf_counter()
-        if hasattr(model, "fit"):  # a closed-form model (the mean-image baseline): no optimizer, no epochs
-            model.fit(datamodule.normalize(datamodule.train.inputs), datamodule.train.targets)
-            fit_seconds, passes = time.perf_counter() - start, 1
-            trainer.validate(task, datamodule=datamodule, verbose=False)
-        else:
-            trainer.fit(task, datamodule=datamodule)
-            fit_seconds, passes = time.perf_counter() - start, trainer.current_epoch
-        results = {name: float(value) for name, value in trainer.callback_metrics.items()}
-        if datamodule.test is not None:  # test replaces the trainer's metrics with its own
-            trainer.test(task, datamodule=datamodule, verbose=False)
-            results |= {name: float(value) for name, value in trainer.callback_metrics.items()}
-        results["time/fit_seconds"] = fit_seconds
-        results["time/samples_per_second"] = len(datamodule.train) * passes / fit_seconds
+        trainer.logger = logger
+        results = fit_and_test(trainer, task, datamodule)
         model.cpu()  # plots and the logged model's example run on the CPU, whatever trained it
         if hasattr(model, "diagnostics"):
             results |= {f"model/{name}": value for name, value in model.diagnostics().items()}

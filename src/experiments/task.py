@@ -68,7 +68,8 @@ class Task(L.LightningModule):
             values |= {f"{stage}/{name}": metric(outputs, targets) for name, metric in self.metrics.items()}
             for metric in self.epoch_metrics[f"{stage}_metrics"].values():
                 metric.update(outputs, targets)
-        self.log_dict(values, on_step=False, on_epoch=True, batch_size=len(targets))
+        # sync_dist: in a run of several processes (DDP), the epoch's value is over every process's batches
+        self.log_dict(values, on_step=False, on_epoch=True, batch_size=len(targets), sync_dist=True)
         return loss
 
     def _log_epoch_metrics(self, stage: str) -> None:
@@ -79,7 +80,9 @@ class Task(L.LightningModule):
         the 8,000 steps of REFERENCE.md A2.
         """
         metrics = self.epoch_metrics[f"{stage}_metrics"]
-        self.log_dict({f"{stage}/{name}": metric.compute() for name, metric in metrics.items()})
+        # compute() already combines every DDP process's state: sync_dist averages equal values, and
+        # spares Lightning's warning that epoch values are not synchronised
+        self.log_dict({f"{stage}/{name}": metric.compute() for name, metric in metrics.items()}, sync_dist=True)
         for metric in metrics.values():
             metric.reset()
 

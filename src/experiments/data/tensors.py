@@ -31,23 +31,44 @@ class Split:
 
 
 class TensorBatches:
-    """Yields (inputs, targets) batches of a Split, reshuffled each epoch from a seeded generator."""
+    """Yields (inputs, targets) batches of a Split, reshuffled each epoch from a seeded generator.
 
-    def __init__(self, split: Split, batch_size: int, shuffle: bool, seed: int):
+    In a run of several processes (DDP), process `rank` of `world_size` takes every world_size-th
+    sample of the epoch's order, the way DistributedSampler shards a DataLoader (Lightning adds that
+    sampler to DataLoaders only, so these batches shard themselves). A training shard (`equal_shards`) is padded by repeating the
+    order's first samples so that every process takes the same number of steps, as DDP's gradient
+    exchange at each step needs; evaluation shards are not, so no sample is counted twice.
+    """
+
+    def __init__(self, split: Split, batch_size: int, shuffle: bool, seed: int,
+                 rank: int = 0, world_size: int = 1, equal_shards: bool = False):
         self.split, self.batch_size, self.shuffle = split, batch_size, shuffle
+        self.rank, self.world_size, self.equal_shards = rank, world_size, equal_shards
         self.generator = torch.Generator().manual_seed(seed)
 
-    def __len__(self) -> int:
-        return -(-len(self.split) // self.batch_size)
+    def _shard_size(self) -> int:
+        n = len(self.split)
+        return -(-n // self.world_size) if self.equal_shards else len(range(self.rank, n, self.world_size))
 
-    def __iter__(self):
+    def __len__(self) -> int:
+        return -(-self._shard_size() // self.batch_size)
+
+    def _order(self) -> torch.Tensor | None:
+        """This process's sample indices for the epoch, in order; None for all samples in stored order."""
         n = len(self.split)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else None
-        for start in range(0, n, self.batch_size):
-            if order is None:
-                index = slice(start, start + self.batch_size)
-            else:
-                index = order[start : start + self.batch_size]
+        if self.world_size == 1:
+            return order
+        order = torch.arange(n) if order is None else order
+        if self.equal_shards:
+            order = order[torch.arange(self._shard_size() * self.world_size) % n]
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self):
+        order = self._order()
+        for start in range(0, self._shard_size(), self.batch_size):
+            # stored order: a slice, which indexes without copying
+            index = slice(start, start + self.batch_size) if order is None else order[start : start + self.batch_size]
             yield take(self.split.inputs, index), self.split.targets[index]
 
 
@@ -92,14 +113,20 @@ class TensorDataModule(L.LightningDataModule):
             return int(self.train.targets.max()) + 1
         return self.train.targets.shape[1] if self.train.targets.dim() > 1 else 1
 
+    def _batches(self, split: Split, training: bool) -> TensorBatches:
+        trainer = self.trainer  # None until a Trainer runs this module (the one-batch check before a run)
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        return TensorBatches(split, self.batch_size, shuffle=self.shuffle and training, seed=self.seed,
+                             rank=rank, world_size=world_size, equal_shards=training)
+
     def train_dataloader(self):
-        return TensorBatches(self.train, self.batch_size, self.shuffle, self.seed)
+        return self._batches(self.train, training=True)
 
     def val_dataloader(self):
-        return TensorBatches(self.val, self.batch_size, shuffle=False, seed=self.seed)
+        return self._batches(self.val, training=False)
 
     def test_dataloader(self):
-        return TensorBatches(self.test, self.batch_size, shuffle=False, seed=self.seed)
+        return self._batches(self.test, training=False)
 
     def normalize(self, inputs: Inputs) -> Inputs:
         if not isinstance(inputs, torch.Tensor):

@@ -1,0 +1,74 @@
+"""Lightning's DDP (trainer=ddp), run here as two CPU processes: one MLflow run, each process training
+on its own shard of the data, and metrics over the whole of each split."""
+import math
+import socket
+
+import torch
+
+from conftest import QUIET, cli, start
+from experiments.data.tensors import Split, TensorBatches
+
+DDP_ON_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *QUIET]
+
+
+def samples_seen(batches: TensorBatches) -> list[int]:
+    return [int(i) for inputs, _ in batches for i in inputs]
+
+
+def test_each_process_takes_its_own_shard_and_training_shards_are_equal():
+    split = Split(torch.arange(7), torch.zeros(7))
+    for shuffle in (True, False):
+        train = [TensorBatches(split, 2, shuffle, seed=0, rank=rank, world_size=2, equal_shards=True)
+                 for rank in (0, 1)]
+        first, second = samples_seen(train[0]), samples_seen(train[1])
+        assert len(first) == len(second) == 4 and len(train[0]) == len(train[1]) == 2
+        assert set(first) | set(second) == set(range(7)) and len(set(first) & set(second)) == 1  # one repeat pads
+
+    val = [samples_seen(TensorBatches(split, 2, False, seed=0, rank=rank, world_size=2)) for rank in (0, 1)]
+    assert sorted(val[0] + val[1]) == list(range(7)), "evaluation counts each sample once"
+
+
+def test_ddp_run_is_one_mlflow_run_with_metrics_over_the_whole_split(isolated, store):
+    result = cli("-m", "experiments", *DDP_ON_CPU, "trainer.max_epochs=6")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("MLflow run ") == 1, "only the first process prints the results"
+    (run,) = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.metrics["val/accuracy"] > 0.8  # chance: 0.5
+
+    params = run.data.params
+    train_points = int(params["data.n_points"]) * (1 - float(params["data.val_fraction"]))
+    steps_per_epoch = math.ceil(train_points / 2 / int(params["data.batch_size"]))
+    steps = [m.step for m in store.get_metric_history(run.info.run_id, "val/loss")]
+    assert len(steps) == 6 and all(b - a == steps_per_epoch for a, b in zip(steps, steps[1:])), \
+        "each of the 2 processes takes half of the training points each epoch"
+
+    recomputed = cli("-m", "experiments.predict", f"run_id={run.info.run_id}", "split=val", "output=val.csv")
+    assert recomputed.returncode == 0, recomputed.stderr
+    printed = dict(zip(*[iter(recomputed.stdout.splitlines()[0].split())] * 2))
+    for key in ("val/loss", "val/accuracy"):  # the logged values cover both processes' halves of val
+        assert abs(float(printed[key]) - run.data.metrics[key]) < 1e-4, key
+
+
+def test_ddp_inside_a_local_multirun_is_refused_in_one_line(isolated, store):
+    result = cli("-m", "experiments", "-m", *DDP_ON_CPU, "optimizer.lr=0.1,0.01")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: trainer=ddp cannot start its processes")
+    (parent,) = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
+    assert parent.info.status == "FAILED", "the sweep's parent run is closed, with no child run"
+
+
+def test_ddp_processes_started_by_slurm_make_one_mlflow_run(isolated, store):
+    """As under `hydra/launcher=slurm hydra.launcher.tasks_per_node=2`: SLURM starts both processes,
+    each told its rank by SLURM's variables, and Lightning starts none."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    slurm = {"SLURM_JOB_ID": "42", "SLURM_JOB_NAME": "experiments", "SLURM_NODELIST": "127.0.0.1",
+             "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NODEID": "0", "MASTER_PORT": str(port)}
+    processes = [start("-m", "experiments", *DDP_ON_CPU, "trainer.max_epochs=2", "hydra.run.dir=out",
+                       env={**slurm, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)}) for rank in (0, 1)]
+    outputs = [process.communicate(timeout=600) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    assert [stdout.count("MLflow run ") for stdout, _ in outputs] == [1, 0], "the task of rank 0 reports"
+    (run,) = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
+    assert run.info.status == "FINISHED"
