@@ -35,9 +35,10 @@ class TensorBatches:
 
     In a run of several processes (DDP), process `rank` of `world_size` takes every world_size-th
     sample of the epoch's order, the way DistributedSampler shards a DataLoader (Lightning adds that
-    sampler to DataLoaders only, so these batches shard themselves). A training shard (`equal_shards`) is padded by repeating the
-    order's first samples so that every process takes the same number of steps, as DDP's gradient
-    exchange at each step needs; evaluation shards are not, so no sample is counted twice.
+    sampler to DataLoaders only, so these batches shard themselves). A training shard (`equal_shards`)
+    is padded by repeating the order's first samples so that every process takes the same number of
+    steps, as DDP's gradient exchange at each step needs; evaluation shards are not, so no sample is
+    counted twice.
     """
 
     def __init__(self, split: Split, batch_size: int, shuffle: bool, seed: int,
