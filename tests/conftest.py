@@ -11,6 +11,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 QUIET = ["trainer.enable_progress_bar=false"]
 
+# One thread per test worker (pyproject runs a worker per core), for the runs they start too:
+# OpenMP threads competing for the same cores slow every worker down.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
