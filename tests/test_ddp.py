@@ -12,7 +12,7 @@ DDP_ON_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *QU
 
 
 def samples_seen(batches: TensorBatches) -> list[int]:
-    return [int(i) for inputs, _ in batches for i in inputs]
+    return [int(i) for inputs, _ in batches.batches() for i in inputs]
 
 
 def test_each_process_takes_its_own_shard_and_training_shards_are_equal():
@@ -21,7 +21,7 @@ def test_each_process_takes_its_own_shard_and_training_shards_are_equal():
         train = [TensorBatches(split, 2, shuffle, seed=0, rank=rank, world_size=2, equal_shards=True)
                  for rank in (0, 1)]
         first, second = samples_seen(train[0]), samples_seen(train[1])
-        assert len(first) == len(second) == 4 and len(train[0]) == len(train[1]) == 2
+        assert len(first) == len(second) == 4 and train[0].batches_per_epoch == train[1].batches_per_epoch == 2
         assert set(first) | set(second) == set(range(7)) and len(set(first) & set(second)) == 1  # one repeat pads
 
     val = [samples_seen(TensorBatches(split, 2, False, seed=0, rank=rank, world_size=2)) for rank in (0, 1)]

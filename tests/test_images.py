@@ -48,7 +48,7 @@ def test_mnist_is_kept_as_uint8_and_normalised_per_batch():
     assert dm.train.inputs.dtype == torch.uint8 and dm.train.inputs.shape[1:] == (1, 28, 28)
     everything = dm.normalize(torch.cat([dm.train.inputs, dm.val.inputs]))
     assert abs(everything.mean().item()) < 1e-3 and abs(everything.std().item() - 1) < 1e-3
-    inputs, targets = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    inputs, targets = next(dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0))
     assert inputs.dtype == torch.float32 and inputs.shape == (64, 1, 28, 28) and targets.dtype == torch.int64
 
 

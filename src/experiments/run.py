@@ -28,7 +28,8 @@ class Result:
 def check_one_batch(task: Task, datamodule) -> None:
     """Run the model and loss on one training batch, so a model, loss or target encoding that does not
     fit the data fails here, in one line, before a run is opened or any training starts."""
-    inputs, targets = datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
+    first_step = datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
+    inputs, targets = next(first_step)
     try:
         with torch.no_grad():
             task.loss(apply(task.model, inputs), targets)
@@ -109,6 +110,7 @@ def run(config: DictConfig) -> Result:
         mlflow.log_text(summary, "model_summary.txt")
         trainer.logger = logger
         results = fit_and_test(trainer, task, datamodule)
+        mlflow.flush_async_logging()  # the epochs' metrics are all in the store before the plots read them
         model.cpu()  # plots and the logged model's example run on the CPU, whatever trained it
         if hasattr(model, "diagnostics"):
             results |= {f"model/{name}": value for name, value in model.diagnostics().items()}

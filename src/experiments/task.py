@@ -4,12 +4,16 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torchmetrics import Metric
 
 from experiments.data.tensors import take
 from experiments.errors import ConfigError
 
 STAGES = ("train", "val", "test")
+BACKWARD_HOOKS = ("on_before_backward", "on_after_backward")
 
 
 def apply(model: torch.nn.Module, inputs) -> torch.Tensor:
@@ -31,11 +35,34 @@ def predict(
     return outputs
 
 
+class EpochOutputs:
+    """What a stage's steps produced this epoch (detached outputs, targets, losses, batch sizes), from which
+    the epoch's loss and metrics are computed at its end."""
+
+    def __init__(self):
+        self.outputs, self.targets, self.losses, self.sizes = [], [], [], []
+
+    def add(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
+        self.outputs.append(outputs.detach())
+        self.targets.append(targets)
+        self.losses.append(loss.detach())
+        self.sizes.append(len(targets))
+
+
 class Task(L.LightningModule):
     """Trains `model` on `loss` and logs `<stage>/loss` and `<stage>/<metric>` once per epoch.
 
-    A metric is a function, whose per-batch values Lightning averages over the epoch, or a torchmetrics
-    Metric, which accumulates the whole epoch (as RMSE and R² need); each stage gets its own copy of it.
+    A step gets a list of batches (in a single process the whole epoch's, see data/tensors.py) and trains on
+    them in turn with manual optimization: the arithmetic of Lightning's automatic optimization (zero_grad,
+    forward, backward, optimizer step, then the scheduler's step), through Lightning's manual_backward and
+    optimizer wrapper so that precision plugins, DDP and the optimizer hooks of callbacks still apply.
+    Lightning's per-step work then runs once an epoch: on REFERENCE.md E2's 50,000 tiny steps it cost 20
+    times the training itself (scripts/benchmark.py compares with a plain PyTorch loop).
+
+    The epoch's values are computed at its end from the outputs of its steps: `<stage>/loss` is the mean of
+    the batches' losses weighted by their sizes (Lightning's epoch mean), a metric function (accuracy, mse) is
+    applied to all the epoch's outputs at once, which for such means over samples is the same value, and a
+    torchmetrics Metric (RMSE, R², which are not means over batches) is updated with them.
     """
 
     def __init__(
@@ -47,6 +74,7 @@ class Task(L.LightningModule):
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
     ):
         super().__init__()
+        self.automatic_optimization = False
         self.model, self.loss, self.optimizer, self.scheduler = model, loss, optimizer, scheduler
         self.metrics = {name: metric for name, metric in metrics.items() if not isinstance(metric, Metric)}
         # Submodules, so they move to the model's device; "<stage>_metrics" as "train" is a Module method.
@@ -55,54 +83,94 @@ class Task(L.LightningModule):
                 {name: metric.clone() for name, metric in metrics.items() if isinstance(metric, Metric)})
             for stage in STAGES
         })
+        self.epoch_outputs = {stage: EpochOutputs() for stage in STAGES}
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         return self.model(*inputs)
 
-    def _step(self, batch, stage: str) -> torch.Tensor:
-        inputs, targets = batch
-        outputs = apply(self.model, inputs)
-        loss = self.loss(outputs, targets)
-        values = {f"{stage}/loss": loss}
-        with torch.no_grad():
-            values |= {f"{stage}/{name}": metric(outputs, targets) for name, metric in self.metrics.items()}
+    def on_fit_start(self):
+        """Choose how to run the backward pass. Lightning's manual_backward calls the precision plugin, the
+        strategy and four hooks around loss.backward(); on REFERENCE.md E2's steps that added a third to the
+        step's time. They do nothing in one process at full precision when no callback (and not this module)
+        implements a backward hook, so then the step calls loss.backward() itself."""
+        trainer = self.trainer
+        self.plain_backward = (
+            type(trainer.precision_plugin) is Precision and isinstance(trainer.strategy, SingleDeviceStrategy)
+            and not any(is_overridden(hook, callback, L.Callback) for callback in trainer.callbacks
+                        for hook in BACKWARD_HOOKS)
+            and not any(is_overridden(hook, self, L.LightningModule) for hook in BACKWARD_HOOKS)
+        )
+
+    def training_step(self, batches, batch_idx):
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        max_steps, record = self.trainer.max_steps, self.epoch_outputs["train"]
+        for inputs, targets in batches:
+            outputs = apply(self.model, inputs)
+            loss = self.loss(outputs, targets)
+            optimizer.zero_grad()
+            if self.plain_backward:
+                loss.backward()
+            else:
+                self.manual_backward(loss)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            record.add(outputs, targets, loss)
+            if self.trainer.global_step == max_steps:  # Lightning checks max_steps between its steps only
+                break
+
+    def _evaluate(self, batches, stage: str) -> None:
+        record = self.epoch_outputs[stage]
+        for inputs, targets in batches:
+            outputs = apply(self.model, inputs)
+            record.add(outputs, targets, self.loss(outputs, targets))
+
+    def validation_step(self, batches, batch_idx):
+        self._evaluate(batches, "val")
+
+    def test_step(self, batches, batch_idx):
+        self._evaluate(batches, "test")
+
+    def _log_epoch(self, stage: str) -> None:
+        """Log the epoch's loss and metrics of `stage` over every process's batches, then start afresh."""
+        record, self.epoch_outputs[stage] = self.epoch_outputs[stage], EpochOutputs()
+        # sums and sample count, added up over the processes of a DDP run (whose evaluation shards may differ in size)
+        sums = torch.zeros(1 + len(self.metrics), device=self.device)
+        if record.sizes:
+            outputs, targets = torch.cat(record.outputs), torch.cat(record.targets)
+            sizes = torch.tensor(record.sizes, device=self.device)
+            sums[0] = (torch.stack(record.losses) * sizes).sum()
+            for i, metric in enumerate(self.metrics.values(), start=1):
+                sums[i] = metric(outputs, targets) * len(targets)
             for metric in self.epoch_metrics[f"{stage}_metrics"].values():
                 metric.update(outputs, targets)
-        # sync_dist: in a run of several processes (DDP), the epoch's value is over every process's batches
-        self.log_dict(values, on_step=False, on_epoch=True, batch_size=len(targets), sync_dist=True)
-        return loss
-
-    def _log_epoch_metrics(self, stage: str) -> None:
-        """Log the epoch's value of each Metric, then reset it for the next epoch.
-
-        Computed here rather than by passing the Metric to `self.log` in every step, which Lightning
-        supports but which cost about 1 ms a metric a step when measured on CPU: some 40 s more for
-        the 8,000 steps of REFERENCE.md A2.
-        """
-        metrics = self.epoch_metrics[f"{stage}_metrics"]
-        # compute() already combines every DDP process's state: sync_dist averages equal values, and
-        # spares Lightning's warning that epoch values are not synchronised
-        self.log_dict({f"{stage}/{name}": metric.compute() for name, metric in metrics.items()}, sync_dist=True)
-        for metric in metrics.values():
+        sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        count = self.trainer.strategy.reduce(torch.tensor(float(sum(record.sizes)), device=self.device), reduce_op="sum")
+        values = dict(zip([f"{stage}/loss", *(f"{stage}/{name}" for name in self.metrics)], sums / count))
+        for name, metric in self.epoch_metrics[f"{stage}_metrics"].items():
+            values[f"{stage}/{name}"] = metric.compute()  # over every process's samples already
             metric.reset()
+        # "step": Lightning's name for the step the loggers record the values at, here the optimizer steps so far
+        # (by default it is its own steps, each an epoch here). sync_dist: the values are the same in every
+        # process; it spares Lightning's warning that they are not synced.
+        self.log_dict(values | {"step": float(self.trainer.global_step)}, sync_dist=True)
 
     def on_train_epoch_end(self):
-        self._log_epoch_metrics("train")
+        self._log_epoch("train")
 
     def on_validation_epoch_end(self):
-        self._log_epoch_metrics("val")
+        self._log_epoch("val")
 
     def on_test_epoch_end(self):
-        self._log_epoch_metrics("test")
+        self._log_epoch("test")
 
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
+    def optimizer_steps(self) -> int:
+        """The optimizer steps of the whole run: a step per training batch, up to trainer.max_steps (Lightning's
+        estimated_stepping_batches counts its own steps, each of which takes a list of batches here)."""
+        trainer = self.trainer
+        per_epoch = trainer.datamodule.train_dataloader().batches_per_epoch
+        steps = per_epoch * trainer.max_epochs if trainer.max_epochs not in (None, -1) else trainer.max_steps
+        return steps if trainer.max_steps == -1 else min(steps, trainer.max_steps)
 
     def configure_optimizers(self):
         optimizer = self.optimizer(self.model.parameters())
@@ -110,11 +178,12 @@ class Task(L.LightningModule):
             return optimizer
         options = {}
         if "total_steps" in inspect.signature(self.scheduler.func).parameters:  # one-cycle needs the run's length
-            options["total_steps"] = self.trainer.estimated_stepping_batches
+            options["total_steps"] = self.optimizer_steps()
         try:
             scheduler = self.scheduler(optimizer, **options)
         except ZeroDivisionError:  # OneCycleLR's phases round to zero steps on very short runs
             raise ConfigError(f"the {self.scheduler.func.__name__} schedule cannot split a run of "
-                              f"{self.trainer.estimated_stepping_batches} optimizer steps into its phases; "
+                              f"{options['total_steps']} optimizer steps into its phases; "
                               "train for more steps or use scheduler=constant") from None
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        # stepped after each optimizer step by training_step (manual optimization steps no scheduler itself)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}

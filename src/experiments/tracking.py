@@ -34,6 +34,10 @@ def start_run(config: DictConfig, run_name: str, choices: dict[str, str | None],
             experiment_name=tracking.experiment_name,
             tracking_uri=tracking.tracking_uri,
             run_id=run.info.run_id,
+            # MLflow's queue writes the epochs' metrics in a background thread, several epochs a transaction:
+            # written one by one, each epoch waited some 10 ms for its SQLite commit, longer than a whole
+            # epoch of REFERENCE.md A2 trains
+            synchronous=False,
         )
 
 

@@ -3,6 +3,11 @@
 Each split is a pair of tensors held whole in memory; a batch is one indexing operation on them,
 where a DataLoader over a TensorDataset fetches and collates sample by sample. For the MNIST CNN
 that difference is small (scripts/benchmark_mnist.py times both); it grows as the model shrinks.
+
+A Lightning step gets a list of batches, not one: in a single process the whole epoch's, so that
+Lightning's per-step work (some 30 hooks, the loop's bookkeeping) is paid once an epoch instead of
+once a batch, which for the small models of REFERENCE.md cost more than the training itself (see
+task.py and scripts/benchmark.py).
 """
 from dataclasses import dataclass
 
@@ -11,6 +16,7 @@ import torch
 
 
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]  # a tuple for a model with several inputs
+STAGE_SPLITS = ("train", "val", "test")  # the data module's attributes holding them
 
 
 def take(inputs: Inputs, index) -> Inputs:
@@ -29,9 +35,14 @@ class Split:
     def head(self, n: int) -> "Split":
         return Split(take(self.inputs, slice(n)), self.targets[:n])
 
+    def to(self, device: torch.device) -> "Split":
+        inputs = self.inputs.to(device) if isinstance(self.inputs, torch.Tensor) else tuple(x.to(device) for x in self.inputs)
+        return Split(inputs, self.targets.to(device))
+
 
 class TensorBatches:
-    """Yields (inputs, targets) batches of a Split, reshuffled each epoch from a seeded generator.
+    """Yields lists of (inputs, targets) batches of a Split, reshuffled each epoch from a seeded generator:
+    one list of every batch of the epoch, or with `whole_epoch` false a list of one batch per step.
 
     In a run of several processes (DDP), process `rank` of `world_size` takes every world_size-th
     sample of the epoch's order, the way DistributedSampler shards a DataLoader (Lightning adds that
@@ -42,17 +53,23 @@ class TensorBatches:
     """
 
     def __init__(self, split: Split, batch_size: int, shuffle: bool, seed: int,
-                 rank: int = 0, world_size: int = 1, equal_shards: bool = False):
+                 rank: int = 0, world_size: int = 1, equal_shards: bool = False, whole_epoch: bool = True):
         self.split, self.batch_size, self.shuffle = split, batch_size, shuffle
         self.rank, self.world_size, self.equal_shards = rank, world_size, equal_shards
+        self.whole_epoch = whole_epoch
         self.generator = torch.Generator().manual_seed(seed)
 
     def _shard_size(self) -> int:
         n = len(self.split)
         return -(-n // self.world_size) if self.equal_shards else len(range(self.rank, n, self.world_size))
 
-    def __len__(self) -> int:
+    @property
+    def batches_per_epoch(self) -> int:
         return -(-self._shard_size() // self.batch_size)
+
+    def __len__(self) -> int:
+        """Lightning steps per epoch."""
+        return 1 if self.whole_epoch else self.batches_per_epoch
 
     def _order(self) -> torch.Tensor | None:
         """This process's sample indices for the epoch, in order; None for all samples in stored order."""
@@ -65,12 +82,19 @@ class TensorBatches:
             order = order[torch.arange(self._shard_size() * self.world_size) % n]
         return order[self.rank :: self.world_size]
 
-    def __iter__(self):
+    def batches(self):
+        """The epoch's (inputs, targets) batches, in order."""
         order = self._order()
         for start in range(0, self._shard_size(), self.batch_size):
             # stored order: a slice, which indexes without copying
             index = slice(start, start + self.batch_size) if order is None else order[start : start + self.batch_size]
             yield take(self.split.inputs, index), self.split.targets[index]
+
+    def __iter__(self):
+        if self.whole_epoch:
+            yield list(self.batches())
+        else:
+            yield from ([batch] for batch in self.batches())
 
 
 class TensorDataModule(L.LightningDataModule):
@@ -78,6 +102,10 @@ class TensorDataModule(L.LightningDataModule):
 
     `scale`, `mean` and `std` normalise inputs per batch after the transfer to the device
     (x / scale - mean) / std, so images can stay uint8 in memory.
+
+    A split goes to the training device whole, once, when a Trainer first asks for its batches, so that
+    batches are indexed out of it there: no transfer per batch (on the CPU, Lightning's walk over each
+    step's batches to move them cost as much as 5% of REFERENCE.md E2's training).
     """
 
     def __init__(
@@ -99,6 +127,7 @@ class TensorDataModule(L.LightningDataModule):
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.target_encoding = target_encoding
         self.scale, self.mean, self.std = scale, mean, std
+        self.on_device: dict[tuple[str, torch.device], Split] = {}
 
     @property
     def input_shape(self) -> tuple:
@@ -117,8 +146,13 @@ class TensorDataModule(L.LightningDataModule):
     def _batches(self, split: Split, training: bool) -> TensorBatches:
         trainer = self.trainer  # None until a Trainer runs this module (the one-batch check before a run)
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        if trainer:
+            name, device = next(name for name in STAGE_SPLITS if getattr(self, name) is split), trainer.strategy.root_device
+            split = self.on_device.setdefault((name, device), split.to(device))
+        # Several processes (DDP) take a batch per step: DDP synchronises the gradients of one backward pass
+        # per forward call of its wrapped module, which calls the step.
         return TensorBatches(split, self.batch_size, shuffle=self.shuffle and training, seed=self.seed,
-                             rank=rank, world_size=world_size, equal_shards=training)
+                             rank=rank, world_size=world_size, equal_shards=training, whole_epoch=world_size == 1)
 
     def train_dataloader(self):
         return self._batches(self.train, training=True)
@@ -137,9 +171,12 @@ class TensorDataModule(L.LightningDataModule):
             return inputs
         return (inputs / self.scale - self.mean) / self.std
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        inputs, targets = batch
-        return self.normalize(inputs), targets
+    def transfer_batch_to_device(self, batches, device: torch.device, dataloader_idx: int):
+        return batches  # indexed out of splits on the device already
+
+    def on_after_batch_transfer(self, batches, dataloader_idx: int):
+        # lazily, batch by batch as the step takes them: an epoch of MNIST as floats would take 170 MB at once
+        return ((self.normalize(inputs), targets) for inputs, targets in batches)
 
     def log_extras(self, model: torch.nn.Module) -> dict[str, float]:
         """Log what this dataset adds to a run after training (baselines, plots) to the active MLflow

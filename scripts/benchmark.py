@@ -1,0 +1,242 @@
+"""Our command against plain PyTorch on the workloads our users run (issue "Speed where our users live").
+
+    EXPERIMENTS_DATA_DIR=../shared/data python scripts/benchmark.py [--output benchmark.md] [--rows e2,a2,...]
+
+Each row runs our path and a plain-PyTorch reference of the same workload (same data, model, seed, batches
+and optimizer: the final losses are printed side by side) in this process, or as whole processes where the
+row is about a whole command, and prints the ratio. The table goes to stdout and, as Markdown, to --output.
+Run it on an idle machine: ratios taken beside other work are noisy.
+
+  e2      REFERENCE.md E2 (experiment=circle_tanh_mlp): 50,000 SGD steps, validation every epoch; fit time
+  a2      REFERENCE.md A2 (experiment=house_prices_linear): 8,000 Adam steps; fit time
+  a2-cmd  A2 as whole commands: `python -m experiments experiment=house_prices_linear` against a plain script
+  a1      REFERENCE.md A1's timing (experiment=mnist_cnn_timing) against the published script's DataLoader loop
+  mnist   one MNIST CNN epoch (model=cnn data=mnist trainer.max_epochs=1) against a plain loop over the tensors
+  tiny    the whole command for a tiny run (data=xor trainer.max_epochs=1), against the imports alone
+  sweep   bookkeeping per job of a 10-job sweep of that tiny run (MLflow run, params, model, plots, checkpoint)
+  help    `python -m experiments --help`
+"""
+import argparse
+import copy
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = ["trainer.enable_progress_bar=false"]
+
+
+def data_module(overrides: list[str]):
+    """The data module our command builds for these overrides."""
+    from hydra.utils import instantiate
+
+    from experiments.api import compose_config
+
+    return instantiate(compose_config(overrides).data)
+
+
+def ours(overrides: list[str]) -> dict[str, float]:
+    """Run our command in this process with a throw-away store; its final metrics."""
+    from experiments.api import run_experiment
+
+    with tempfile.TemporaryDirectory() as store:
+        return run_experiment([*overrides, *QUIET, f"tracking.tracking_uri=sqlite:///{store}/mlflow.db"]).metrics
+
+
+def plain_fit(model, optimizer, train_batches, val_batches, epochs: int, validate_every: int, loss_fn) -> tuple:
+    """A hand-written loop: train on `train_batches()` each epoch, validate on `val_batches()` every
+    `validate_every` epochs, keeping the epoch's mean loss as a user's loop would. Seconds, last train loss."""
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        model.train()
+        total, count = 0.0, 0
+        for inputs, targets in train_batches():
+            loss = loss_fn(model(inputs), targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total, count = total + loss.item() * len(targets), count + len(targets)
+        if epoch % validate_every == 0 or epoch == epochs:
+            model.eval()
+            with torch.no_grad():
+                sum(loss_fn(model(inputs), targets).item() * len(targets) for inputs, targets in val_batches())
+    return time.perf_counter() - start, total / count
+
+
+def warm_up(model, batches, loss_fn) -> None:
+    """One untimed epoch on a copy of the model before either side is timed: the first calls of an operation
+    on new shapes cost far more (0.1 s for a convolution), and would otherwise fall on whichever runs first."""
+    model = copy.deepcopy(model)
+    for inputs, targets in batches():
+        loss_fn(model(inputs), targets).backward()
+
+
+def stored_order(split, batch_size: int):
+    return lambda: ((split.inputs[i:i + batch_size], split.targets[i:i + batch_size])
+                    for i in range(0, len(split), batch_size))
+
+
+def e2() -> tuple:
+    from experiments.models.mlp import MLP
+
+    dm = data_module(["experiment=circle_tanh_mlp"])
+    torch.manual_seed(0)
+    model = MLP((2,), 1, [4], "tanh", "tanh", "default", 0.0)
+    warm_up(model, stored_order(dm.train, 10), nn.MSELoss())
+    result = ours(["experiment=circle_tanh_mlp"])
+    seconds, loss = plain_fit(model, torch.optim.SGD(model.parameters(), lr=0.05), stored_order(dm.train, 10),
+                              stored_order(dm.val, 10), 500, 1, nn.MSELoss())
+    return result["time/fit_seconds"], seconds, f"train/loss {result['train/loss']:.6f} / {loss:.6f}"
+
+
+def a2() -> tuple:
+    dm = data_module(["experiment=house_prices_linear"])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(13, 1))
+    warm_up(model, stored_order(dm.train, 32), nn.MSELoss())
+    result = ours(["experiment=house_prices_linear"])
+    seconds, loss = plain_fit(model, torch.optim.Adam(model.parameters(), lr=0.01), stored_order(dm.train, 32),
+                              stored_order(dm.val, 32), 500, 500, nn.MSELoss())
+    return result["time/fit_seconds"], seconds, f"train/loss {result['train/loss']:.4f} / {loss:.4f}"
+
+
+def plain_a2_script() -> None:
+    """The plain script of A2 as a user writes it, for `a2-cmd`: read, standardise, train, print the MSE."""
+    import pandas as pd
+
+    frame = pd.read_csv(f"{os.environ.get('EXPERIMENTS_DATA_DIR', 'data')}/house_prices/boston.csv")
+    inputs = torch.tensor(frame.drop(columns="MEDV").to_numpy(), dtype=torch.float32)
+    inputs = (inputs - inputs.mean(0)) / inputs.std(0)
+    targets = torch.tensor(frame["MEDV"].to_numpy(), dtype=torch.float32).unsqueeze(1)
+    model = nn.Linear(13, 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(500):
+        for i in range(0, len(targets), 32):
+            loss = nn.functional.mse_loss(model(inputs[i:i + 32]), targets[i:i + 32])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    print(f"final batch MSE {loss.item():.3f}")
+
+
+def command_seconds(args: list[str], repeats: int = 3) -> float:
+    """The median wall time of a whole command, in a fresh folder (so a new MLflow store each time)."""
+    times = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as folder:
+            start = time.perf_counter()
+            subprocess.run([sys.executable, *args], cwd=folder, check=True, capture_output=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def a2_cmd() -> tuple:
+    mine = command_seconds(["-m", "experiments", "experiment=house_prices_linear", *QUIET], repeats=2)
+    plain = command_seconds([str(Path(__file__).resolve()), "--plain-a2"], repeats=2)
+    return mine, plain, "whole processes"
+
+
+def a1() -> tuple:
+    from experiments.models.cnn import CNN
+
+    dm = data_module(["experiment=mnist_cnn_timing"])
+    images = dm.normalize(dm.train.inputs)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, dm.train.targets), batch_size=8,
+                                         shuffle=True)
+    torch.manual_seed(0)
+    model = CNN((1, 28, 28), 10)
+    warm_up(model, lambda: loader, nn.CrossEntropyLoss())
+    result = ours(["experiment=mnist_cnn_timing"])
+    seconds, loss = plain_fit(model, torch.optim.Adam(model.parameters(), lr=2e-3), lambda: loader, lambda: loader,
+                              20, 20, nn.CrossEntropyLoss())
+    return result["time/fit_seconds"], seconds, f"train/loss {result['train/loss']:.4f} / {loss:.4f} (shuffles differ)"
+
+
+def mnist() -> tuple:
+    from experiments.models.cnn import CNN
+
+    overrides = ["model=cnn", "data=mnist", "trainer.max_epochs=1", "trainer.accelerator=cpu"]
+    dm = data_module(overrides)
+    batches = dm.train_dataloader()
+    epoch = lambda: ((dm.normalize(x), y) for x, y in batches.batches())
+    validation = lambda: ((dm.normalize(x), y) for x, y in dm.val_dataloader().batches())
+    torch.manual_seed(0)
+    model = CNN((1, 28, 28), 10)
+    warm_up(model, lambda: [next(epoch())], nn.CrossEntropyLoss())  # one batch: the other shapes are the last batch's
+    result = ours(overrides)
+    seconds, loss = plain_fit(model, torch.optim.Adam(model.parameters(), lr=2e-3), epoch, validation, 1, 1,
+                              nn.CrossEntropyLoss())
+    return result["time/fit_seconds"], seconds, f"train/loss {result['train/loss']:.4f} / {loss:.4f} (ours: one-cycle)"
+
+
+def tiny() -> tuple:
+    mine = command_seconds(["-m", "experiments", "data=xor", "trainer.max_epochs=1", *QUIET])
+    imports = command_seconds(["-c", "import experiments.run"])
+    return mine, imports, "reference: importing torch, Lightning, MLflow, matplotlib alone"
+
+
+def sweep() -> tuple:
+    jobs = 10
+    one = command_seconds(["-m", "experiments", "data=xor", "trainer.max_epochs=1", *QUIET], repeats=1)
+    many = command_seconds(["-m", "experiments", "-m", f"seed=range({jobs})", "data=xor", "trainer.max_epochs=1",
+                            *QUIET], repeats=1)
+    per_job = (many - one) / (jobs - 1)
+    return per_job, None, f"(sweep of {jobs} {many:.1f} s - one run {one:.1f} s) / {jobs - 1}"
+
+
+def help_() -> tuple:
+    return command_seconds(["-m", "experiments", "--help"]), None, ""
+
+
+ROWS = {  # name: (what, function, target)
+    "e2": ("E2 circle_tanh_mlp fit, plain loop", e2, "≤ 1.5×"),
+    "a2": ("A2 house_prices_linear fit, plain loop", a2, "≤ 1.5×"),
+    "a2-cmd": ("A2 whole command, plain script", a2_cmd, "≤ 1.5×"),
+    "a1": ("A1 mnist_cnn_timing fit, DataLoader loop", a1, "≤ 1×"),
+    "mnist": ("MNIST CNN epoch fit, plain loop", mnist, "≤ 1.1×"),
+    "tiny": ("xor 1 epoch whole command (s), imports alone", tiny, "≤ 5 s"),
+    "sweep": ("bookkeeping per sweep job (s)", sweep, "≤ 0.3 s"),
+    "help": ("--help (s)", help_, "≤ 1.5 s"),
+}
+
+
+def machine() -> str:
+    load = os.getloadavg()[0]
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, load average {load:.1f} at start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated: " + ", ".join(ROWS))
+    parser.add_argument("--output", help="also write the Markdown table here")
+    parser.add_argument("--plain-a2", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.plain_a2:
+        return plain_a2_script()
+    lines = [f"Machine: {machine()}", "", "| workload, reference | ours | reference | ratio | target | note |",
+             "| --- | ---: | ---: | ---: | --- | --- |"]
+    for name in args.rows.split(","):
+        what, function, target = ROWS[name]
+        mine, reference, note = function()
+        ratio = f"{mine / reference:.2f}×" if reference else ""
+        reference = f"{reference:.2f} s" if reference else ""
+        lines.append(f"| {what} | {mine:.2f} s | {reference} | {ratio} | {target} | {note} |")
+        print(lines[-1], flush=True)
+    table = "\n".join(lines) + "\n"
+    print("\n" + table)
+    if args.output:
+        Path(args.output).write_text(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Our training loop (a whole epoch's batches per Lightning step, see task.py) does the arithmetic of a plain
+PyTorch loop: for the same seed, the per-epoch losses a run logs are those of the loop a user would write."""
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from conftest import QUIET
+from experiments.api import compose_config, run_experiment
+from experiments.task import apply
+
+
+def plain_loop_losses(overrides: list[str], epochs: int) -> tuple[list[float], list[float]]:
+    """Per-epoch mean train and validation losses of a hand-written loop over the same data, model, optimizer
+    and schedule, built from the same config in the same order as a run builds them (so the same seed)."""
+    config = compose_config(overrides)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    dm = instantiate(config.data)
+    model = instantiate(config.model, input_shape=dm.input_shape, num_outputs=dm.num_outputs)
+    loss_fn = instantiate(config.loss)
+    optimizer = instantiate(config.optimizer)(model.parameters())
+    train = dm.train_dataloader()
+    scheduler = config.scheduler and instantiate(config.scheduler)(optimizer, total_steps=epochs * train.batches_per_epoch)
+    train_losses, val_losses = [], []
+    for _ in range(epochs):
+        total = count = 0
+        for inputs, targets in train.batches():
+            loss = loss_fn(apply(model, dm.normalize(inputs)), targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if scheduler:
+                scheduler.step()
+            total, count = total + loss.item() * len(targets), count + len(targets)
+        train_losses.append(total / count)
+        with torch.no_grad():
+            batches = [(apply(model, dm.normalize(x)), y) for x, y in dm.val_dataloader().batches()]
+        val_losses.append(sum(loss_fn(out, y).item() * len(y) for out, y in batches) / len(dm.val))
+    return train_losses, val_losses
+
+
+@pytest.mark.parametrize("overrides", [
+    ["data=circle", "seed=3"],  # Adam under the one-cycle schedule, shuffled batches, a validation split
+    ["data=diagonal", "optimizer=sgd", "optimizer.lr=0.3", "model.hidden_sizes=[8,8]", "scheduler=constant"],
+])
+def test_logged_epoch_losses_are_a_plain_pytorch_loops(store, overrides):
+    epochs = 4
+    result = run_experiment([*overrides, f"trainer.max_epochs={epochs}", *QUIET])
+    logged = {key: [m.value for m in sorted(store.get_metric_history(result.run_id, key), key=lambda m: m.step)]
+              for key in ("train/loss", "val/loss")}
+    train, val = plain_loop_losses(overrides, epochs)
+    assert logged["train/loss"] == pytest.approx(train, rel=1e-5)
+    assert logged["val/loss"] == pytest.approx(val, rel=1e-5)
+
+
+def test_max_steps_stops_inside_an_epoch(store):
+    result = run_experiment(["data=circle", "trainer.max_steps=25", "scheduler=constant", *QUIET])  # 80 per epoch
+    (run,) = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
+    assert [m.step for m in store.get_metric_history(run.info.run_id, "train/loss")] == [25]
+    assert result.metrics["time/samples_per_second"] > 0
