@@ -35,8 +35,9 @@ def write_csv(path: Path, n_rows: int = 200, seed: int = 0) -> Path:
 
 def dataset(path: Path, **options):
     """csv_dataset with the options of conf/data/csv.yaml, changed by `options`."""
-    defaults = dict(target="price", features=None, numeric=[], categorical=[], log_target=False, split="random",
-                    val_fraction=0.2, test_fraction=0.2, url=None, md5=None, batch_size=32, shuffle=True, seed=0)
+    defaults = dict(target="price", features=None, numeric=[], categorical=[], log_target=False,
+                    standardize_target=True, split="random", val_fraction=0.2, test_fraction=0.2, url=None, md5=None,
+                    batch_size=32, shuffle=True, seed=0)
     return csv_dataset(str(path), **(defaults | options))
 
 
@@ -105,7 +106,7 @@ def test_ames_linear_reaches_r2_of_080_and_an_mlp_matches_it(store):
 def test_any_csv_with_numeric_and_yes_no_columns_needs_only_path_and_target(tmp_path, store):
     path = write_csv(tmp_path / "houses.csv")
     result = run_experiment(["data=csv", f"data.path={path}", "data.target=price", "trainer.max_epochs=40", *QUIET])
-    assert result.model[1].in_features == 2 + 3, "size and age standardised; garden one-hot: yes, no, missing"
+    assert result.model.network[1].in_features == 2 + 3, "size and age standardised; garden one-hot: yes, no, missing"
     assert result.metrics["val/r2"] > 0.9 and result.metrics["test/r2"] > 0.9
 
     run = store.get_run(result.run_id)

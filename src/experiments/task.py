@@ -8,6 +8,7 @@ from torchmetrics import Metric
 
 from experiments.data.tensors import take
 from experiments.errors import ConfigError
+from experiments.models.target_scale import TargetScaled
 
 STAGES = ("train", "val", "test")
 
@@ -70,6 +71,9 @@ class Task(L.LightningModule):
                 metric.update(outputs, targets)
         # sync_dist: in a run of several processes (DDP), the epoch's value is over every process's batches
         self.log_dict(values, on_step=False, on_epoch=True, batch_size=len(targets), sync_dist=True)
+        if stage == "train" and isinstance(self.model, TargetScaled):
+            # logged in the target's units, optimised on the standardised scale (models/target_scale.py)
+            return self.loss(self.model.standardise(outputs), self.model.standardise(targets))
         return loss
 
     def _log_epoch_metrics(self, stage: str) -> None:

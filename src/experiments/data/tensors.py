@@ -80,6 +80,11 @@ class TensorDataModule(L.LightningDataModule):
     (x / scale - mean) / std, so images can stay uint8 in memory.
     """
 
+    # Regression data sets these: the training targets' (mean, std), which the model's last layer
+    # scales its outputs by (models/target_scale.py), and the fitted preprocessing of raw rows.
+    target_scale: tuple[float, float] | None = None
+    preprocessing = None
+
     def __init__(
         self,
         train: Split,
