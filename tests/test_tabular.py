@@ -13,7 +13,7 @@ import torch
 from sklearn.metrics import r2_score, root_mean_squared_error
 
 from conftest import QUIET, SHARED_DATA, cli
-from experiments.api import run_experiment
+from experiments.api import predict, run_experiment
 from experiments.data.tabular import csv_dataset
 from experiments.task import Task
 
@@ -250,3 +250,31 @@ def test_missing_file_with_a_failing_download_is_one_line(tmp_path, server):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "downloading" in lines[0] and "404" in lines[0], result.stderr
     assert runs_left_running(tmp_path) == []
+
+
+def test_a_target_of_order_1e5_trains_as_well_as_least_squares_and_is_reported_in_its_units(tmp_path, store):
+    """Prices in dollars: the model learns them standardised, every number it reports is in dollars."""
+    rng = np.random.default_rng(1)
+    n_rows = 546
+    size, rooms = rng.uniform(50, 250, n_rows), rng.integers(1, 7, n_rows)
+    garden = rng.choice(["yes", "no"], n_rows)
+    price = 1200 * size + 15_000 * rooms + 25_000 * (garden == "yes") + 40_000 + rng.normal(0, 20_000, n_rows)
+    path = tmp_path / "prices.csv"
+    pd.DataFrame({"size": size, "rooms": rooms, "garden": garden, "price": price}).to_csv(path, index=False)
+
+    options = ["data=csv", f"data.path={path}", "data.target=price", *QUIET]  # the default 50 epochs
+    linear = run_experiment([*options, "model=linear"])
+    least_squares = linear.metrics["closed_form/val/r2"]
+    assert least_squares > 0.9, "the data is linear up to the noise"
+    assert abs(linear.metrics["val/r2"] - least_squares) < 0.02
+    mlp = run_experiment([*options, "model=mlp"])
+    assert abs(mlp.metrics["val/r2"] - least_squares) < 0.02
+
+    # in dollars: the error is the noise's 20,000, the model's outputs are prices, the loss is their MSE
+    assert 15_000 < linear.metrics["val/rmse"] < 25_000
+    assert linear.metrics["val/loss"] == pytest.approx(linear.metrics["val/mse"], rel=1e-4)
+    val = dataset(path).val
+    predicted = predict(linear.model, val.inputs)
+    assert float(predicted.mean()) == pytest.approx(float(val.targets.mean()), rel=0.05)
+    assert linear.metrics["val/rmse"] == pytest.approx(
+        root_mean_squared_error(val.targets.numpy(), predicted.numpy()), rel=1e-4)

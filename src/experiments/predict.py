@@ -57,7 +57,7 @@ def predict_rows(saved: dict, model: torch.nn.Module, path: str) -> pd.DataFrame
     try:
         frame = preprocessing.predict(model, rows)
     except ConfigError as error:
-        raise ConfigError(f"input={path}: {error}") from error
+        raise ConfigError(f"input={path}: {error}") from None
     if preprocessing.target_name in frame and frame[preprocessing.target_name].notna().all():
         outputs, targets = (torch.tensor(frame[[column]].to_numpy(), dtype=torch.float32)
                             for column in ("predicted", preprocessing.target_name))

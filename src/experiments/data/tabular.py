@@ -237,15 +237,17 @@ class RawRowsModel(mlflow.pyfunc.PythonModel):
         saved = checkpoint.read(None, context.artifacts["checkpoint"], None)
         self.model, self.preprocessing = checkpoint.rebuild(saved), RowPreprocessing.from_state(saved["preprocessing"])
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         return self.preprocessing.predict(self.model, model_input)
 
 
 def log_model(checkpoint_path: Path) -> None:
-    """Log the model of a tabular run (RawRowsModel) to the active MLflow run, as `model`. No signature:
-    MLflow would then demand exactly the training columns and types, where raw rows may differ."""
+    """Log the model of a tabular run (RawRowsModel, as code: tabular_model.py) to the active MLflow run, as
+    `model`. No signature: MLflow would then demand exactly the training columns and types, where raw rows
+    may lack the target, hold other columns, or read a number column as text."""
     mlflow.pyfunc.log_model(
-        name="model", python_model=RawRowsModel(), artifacts={"checkpoint": str(checkpoint_path)},
+        name="model", python_model=str(Path(__file__).with_name("tabular_model.py")),
+        artifacts={"checkpoint": str(checkpoint_path)},
         # Stating the requirements skips MLflow's slow import scan of the environment.
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "scikit-learn", "pandas", "skops"],
     )
