@@ -4,6 +4,7 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
 import yaml
 
 from conftest import QUIET, ROOT, cli
@@ -125,3 +126,28 @@ def test_one_cycle_on_a_run_too_short_for_it_fails_clearly(tmp_path, store):
     assert run.info.status == "FAILED"
     assert cli("-m", "experiments", "data=xor", "trainer.max_epochs=4", "scheduler=constant", *QUIET,
                cwd=tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("trainer.max_epochs=-1", "trainer.max_epochs=-1 is out of range: expected an integer ≥ 1"),
+    ("trainer.max_epochs=0", "trainer.max_epochs=0 is out of range: expected an integer ≥ 1"),
+    ("optimizer.lr=-1", "optimizer.lr=-1 is out of range: expected a number > 0"),
+    ("data.batch_size=0", "data.batch_size=0 is out of range: expected an integer ≥ 1"),
+    ("model.hidden_sizes=[0]", "model.hidden_sizes=[0] is out of range: expected each item to be an integer ≥ 1"),
+    ("data.val_fraction=1.5", "data.val_fraction=1.5 is out of range: expected a number in [0, 1)"),
+])
+def test_a_value_out_of_range_is_one_line_before_anything_runs(tmp_path, override, expected):
+    result = cli("-m", "experiments", override, *QUIET, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {expected}"], result.stderr
+    assert not (tmp_path / "mlflow.db").exists(), "no MLflow run opened"
+
+
+def test_values_are_checked_in_the_python_api_and_in_predict(tmp_path):
+    from experiments.api import run_experiment
+    from experiments.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data\.limit=0 is out of range: expected an integer ≥ 1, or null"):
+        run_experiment(["data=mnist", "data.limit=0"])
+    result = cli("-m", "experiments.predict", "checkpoint=model.pt", "batch_size=0", cwd=tmp_path)
+    assert result.returncode == 2 and "batch_size=0 is out of range" in result.stderr, result.stderr

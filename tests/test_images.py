@@ -4,8 +4,9 @@ import shutil
 import mlflow
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from conftest import QUIET, SHARED_DATA, cli
+from conftest import QUIET, ROOT, SHARED_DATA, cli
 from experiments.api import run_experiment
 from experiments.data.images import mnist, mnist_3v7, mnist_csv
 from experiments.losses import mnist_loss
@@ -135,3 +136,18 @@ def test_truncated_idx_file_is_named(tmp_path):
     assert result.returncode != 0
     (line,) = result.stderr.strip().splitlines()
     assert str(broken) in line and "corrupt" in line
+
+
+@needs_data
+def test_quick_runs_of_the_readme_work_with_the_default_validation_share():
+    default = OmegaConf.load(ROOT / "src/experiments/conf/data/mnist.yaml").val_size
+    options = dict(root=str(SHARED_DATA), dataset="MNIST", download=False, targets="index", index_range=None,
+                   mean=0.1307, std=0.3081, **LOADER)
+    full = mnist(val_size=default, limit=None, **options)
+    assert (len(full.train), len(full.val)) == (55000, 5000), "the usual split of the 60,000"
+    limited = mnist(val_size=default, limit=2000, **options)
+    assert (len(limited.train), len(limited.val), len(limited.test)) == (1833, 167, 2000)
+
+    for overrides in (["data=mnist", "data.limit=2000"], ["model=lenet_layers", "data=mnist", "data.limit=512"]):
+        result = run_experiment([*overrides, "trainer.max_epochs=1", *QUIET])
+        assert result.metrics["val/accuracy"] > 0.3, overrides

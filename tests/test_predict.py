@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from conftest import QUIET, cli
+from conftest import QUIET, SHARED_DATA, cli
 from experiments import checkpoint
 from experiments.api import predict, run_experiment
 
@@ -88,3 +88,58 @@ def test_evaluate_on_mnist_test_split_matches_training_and_idx_file_predictions_
     from_split, from_file = pd.read_csv(isolated / "test.csv"), pd.read_csv(isolated / "idx.csv")
     assert len(from_split) == 300 and len(from_file) == 10_000
     assert np.allclose(from_file.filter(like="output_")[:300], from_split.filter(like="output_"), atol=1e-5)
+
+
+BOSTON = Path(os.environ.get("EXPERIMENTS_DATA_DIR", SHARED_DATA)) / "house_prices" / "boston.csv"
+
+
+def test_a2_predicts_raw_rows_through_its_preprocessing_alike_in_the_cli_the_api_and_pyfunc(isolated, store):
+    # REFERENCE.md A2's preset, shortened: it trains and validates on all of boston.csv (split none), so
+    # val/mse is the final model's MSE over the rows it trained on
+    result = run_experiment(["experiment=house_prices_linear", "trainer.max_epochs=50", *QUIET])
+    logged = store.get_run(result.run_id).data.metrics
+
+    run = cli("-m", "experiments.predict", f"run_id={result.run_id}", f"input={BOSTON}", cwd=isolated)
+    assert run.returncode == 0, run.stderr
+    frame = pd.read_csv(isolated / "predictions.csv")
+    assert list(frame.columns) == ["sample", "MEDV", "predicted"] and len(frame) == 506
+    assert np.array_equal(frame.MEDV, pd.read_csv(BOSTON).MEDV), "the target column copied through"
+    assert abs(((frame.predicted - frame.MEDV) ** 2).mean() - logged["val/mse"]) < 1e-3
+    printed = dict(zip(*[iter(run.stdout.splitlines()[0].split())] * 2))
+    assert abs(float(printed["input/mse"]) - logged["val/mse"]) < 1e-3
+
+    rows = pd.read_csv(BOSTON).drop(columns="MEDV")  # raw rows without the target
+    from_api = predict(result.model, rows, result.preprocessing)
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")
+    from_pyfunc = pyfunc.predict(rows)
+    assert list(from_api.columns) == list(from_pyfunc.columns) == ["predicted"]
+    assert np.allclose(from_api.predicted, frame.predicted, atol=1e-4)
+    assert np.allclose(from_pyfunc.predicted, frame.predicted, atol=1e-4)
+
+
+def test_rows_with_text_unseen_categories_and_no_target_predict_and_missing_columns_are_one_line(isolated):
+    rng = np.random.default_rng(0)
+    size, garden = rng.uniform(50, 250, 120), rng.choice(["yes", "no"], 120)
+    price = 2.0 * size + 60.0 * (garden == "yes")
+    pd.DataFrame({"size": size, "garden": garden, "price": price}).to_csv(isolated / "train.csv", index=False)
+    result = run_experiment(["data=csv", f"data.path={isolated / 'train.csv'}", "data.target=price",
+                             "trainer.max_epochs=30", *QUIET])
+
+    # columns in another order, one more column, no target, a text in a number column, unseen categories
+    rows = pd.DataFrame({"garden": ["yes", "no", "maybe", None], "size": ["100", "100", "100", "?"],
+                         "street": ["a", "b", "c", "d"]})
+    rows.to_csv(isolated / "new.csv", index=False)
+    run = cli("-m", "experiments.predict", f"run_id={result.run_id}", "input=new.csv", "output=new_predictions.csv",
+              cwd=isolated)
+    assert run.returncode == 0, run.stderr
+    predicted = pd.read_csv(isolated / "new_predictions.csv").predicted
+    assert list(predicted.index) == [0, 1, 2, 3] and predicted.notna().all()
+    assert abs(predicted[0] - 260) < 15 and abs(predicted[1] - 200) < 15, "in the target's units"
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")
+    assert np.allclose(pyfunc.predict(pd.read_csv(isolated / "new.csv")).predicted, predicted, atol=1e-4)
+
+    rows.drop(columns="size").to_csv(isolated / "short.csv", index=False)
+    short = cli("-m", "experiments.predict", f"run_id={result.run_id}", "input=short.csv", cwd=isolated)
+    assert short.returncode == 2
+    last = short.stderr.strip().splitlines()[-1]  # after the download's progress bar
+    assert last.startswith("error: input=short.csv") and "lack the input columns size" in last, short.stderr

@@ -13,7 +13,7 @@ import torch
 from sklearn.metrics import r2_score, root_mean_squared_error
 
 from conftest import QUIET, SHARED_DATA, cli
-from experiments.api import run_experiment
+from experiments.api import predict, run_experiment
 from experiments.data.tabular import csv_dataset
 from experiments.task import Task
 
@@ -35,8 +35,9 @@ def write_csv(path: Path, n_rows: int = 200, seed: int = 0) -> Path:
 
 def dataset(path: Path, **options):
     """csv_dataset with the options of conf/data/csv.yaml, changed by `options`."""
-    defaults = dict(target="price", features=None, numeric=[], categorical=[], log_target=False, split="random",
-                    val_fraction=0.2, test_fraction=0.2, url=None, md5=None, batch_size=32, shuffle=True, seed=0)
+    defaults = dict(target="price", features=None, numeric=[], categorical=[], log_target=False,
+                    standardize_target=True, split="random", val_fraction=0.2, test_fraction=0.2, url=None, md5=None,
+                    batch_size=32, shuffle=True, seed=0)
     return csv_dataset(str(path), **(defaults | options))
 
 
@@ -105,7 +106,7 @@ def test_ames_linear_reaches_r2_of_080_and_an_mlp_matches_it(store):
 def test_any_csv_with_numeric_and_yes_no_columns_needs_only_path_and_target(tmp_path, store):
     path = write_csv(tmp_path / "houses.csv")
     result = run_experiment(["data=csv", f"data.path={path}", "data.target=price", "trainer.max_epochs=40", *QUIET])
-    assert result.model[1].in_features == 2 + 3, "size and age standardised; garden one-hot: yes, no, missing"
+    assert result.model.network[1].in_features == 2 + 3, "size and age standardised; garden one-hot: yes, no, missing"
     assert result.metrics["val/r2"] > 0.9 and result.metrics["test/r2"] > 0.9
 
     run = store.get_run(result.run_id)
@@ -249,3 +250,31 @@ def test_missing_file_with_a_failing_download_is_one_line(tmp_path, server):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "downloading" in lines[0] and "404" in lines[0], result.stderr
     assert runs_left_running(tmp_path) == []
+
+
+def test_a_target_of_order_1e5_trains_as_well_as_least_squares_and_is_reported_in_its_units(tmp_path, store):
+    """Prices in dollars: the model learns them standardised, every number it reports is in dollars."""
+    rng = np.random.default_rng(1)
+    n_rows = 546
+    size, rooms = rng.uniform(50, 250, n_rows), rng.integers(1, 7, n_rows)
+    garden = rng.choice(["yes", "no"], n_rows)
+    price = 1200 * size + 15_000 * rooms + 25_000 * (garden == "yes") + 40_000 + rng.normal(0, 20_000, n_rows)
+    path = tmp_path / "prices.csv"
+    pd.DataFrame({"size": size, "rooms": rooms, "garden": garden, "price": price}).to_csv(path, index=False)
+
+    options = ["data=csv", f"data.path={path}", "data.target=price", *QUIET]  # the default 50 epochs
+    linear = run_experiment([*options, "model=linear"])
+    least_squares = linear.metrics["closed_form/val/r2"]
+    assert least_squares > 0.9, "the data is linear up to the noise"
+    assert abs(linear.metrics["val/r2"] - least_squares) < 0.02
+    mlp = run_experiment([*options, "model=mlp"])
+    assert abs(mlp.metrics["val/r2"] - least_squares) < 0.02
+
+    # in dollars: the error is the noise's 20,000, the model's outputs are prices, the loss is their MSE
+    assert 15_000 < linear.metrics["val/rmse"] < 25_000
+    assert linear.metrics["val/loss"] == pytest.approx(linear.metrics["val/mse"], rel=1e-4)
+    val = dataset(path).val
+    predicted = predict(linear.model, val.inputs)
+    assert float(predicted.mean()) == pytest.approx(float(val.targets.mean()), rel=0.05)
+    assert linear.metrics["val/rmse"] == pytest.approx(
+        root_mean_squared_error(val.targets.numpy(), predicted.numpy()), rel=1e-4)

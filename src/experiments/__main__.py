@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from experiments.cli import check_override_types, reported_as_one_line, run_app
 from experiments.errors import ConfigError
+from experiments.ranges import check_ranges
 
 
 @hydra.main(config_path="pkg://experiments.conf", config_name="config", version_base="1.3")
@@ -15,6 +16,7 @@ def app(config: DictConfig) -> float:
     """Run one experiment; return the objective's final value, for Hydra's sweepers to optimise."""
     with reported_as_one_line():
         check_override_types(config)
+        check_ranges(config)
         from experiments.run import run  # the heavy imports (torch, Lightning, MLflow) start here
 
         metrics = run(config).metrics

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import mlflow
 import torch
-from hydra.utils import instantiate
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
+from experiments import models
 from experiments.errors import ConfigError
 
 FILE = "model.pt"
@@ -26,6 +26,9 @@ def save(config: DictConfig, model: torch.nn.Module, datamodule, output_dir: Pat
         "config": OmegaConf.to_container(config, resolve=True),
         "input_shape": datamodule.input_shape,
         "num_outputs": datamodule.num_outputs,
+        "target_scale": datamodule.target_scale,
+        # a tabular run's fitted preprocessing of raw rows (data/tabular.py)
+        "preprocessing": datamodule.preprocessing.state() if datamodule.preprocessing else None,
         "state_dict": model.state_dict(),
     }, path)
     mlflow.log_artifact(str(path))
@@ -65,7 +68,7 @@ def rebuild(saved: dict, model_config: DictConfig | dict | None = None) -> torch
                 f"({given.get('_target_')}) differs in {', '.join(keys)}: leave the model config out to use "
                 "the saved one"
             )
-    model = instantiate(saved_model, input_shape=saved["input_shape"], num_outputs=saved["num_outputs"])
+    model = models.build(saved_model, saved["input_shape"], saved["num_outputs"], saved.get("target_scale"))
     try:
         model.load_state_dict(saved["state_dict"])
     except RuntimeError as error:

@@ -16,21 +16,54 @@ from experiments import checkpoint
 from experiments.cli import reported_as_one_line, run_app
 from experiments.errors import ConfigError
 from experiments.metrics import predicted_labels
+from experiments.ranges import check_ranges
 from experiments.task import STAGES, predict
+
+
+def scores(config: dict, outputs: torch.Tensor, targets: torch.Tensor, prefix: str) -> dict[str, float]:
+    """`<prefix>/loss` and `<prefix>/<metric>` of `outputs` over all of them, as the run's `config` computes
+    them (the batch means Lightning logs, weighted by batch size)."""
+    loss = instantiate(config["loss"])
+    metrics = instantiate(config["metrics"], _convert_="all")
+    values = {f"{prefix}/loss": loss(outputs, targets)}
+    values |= {f"{prefix}/{name}": metric(outputs, targets) for name, metric in metrics.items()}
+    return {key: float(value) for key, value in values.items()}
 
 
 def evaluate(
     config: dict, model: torch.nn.Module, datamodule, split: str, batch_size: int
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The model's outputs on a split, and its `<split>/loss` and `<split>/<metric>` over the whole split
-    as the run's `config` computes them (the batch means Lightning logs, weighted by batch size)."""
+    """The model's outputs on a split, and its loss and metrics over the whole split."""
     data = getattr(datamodule, split)
     outputs = predict(model, datamodule.normalize(data.inputs), batch_size)
-    loss = instantiate(config["loss"])
-    metrics = instantiate(config["metrics"], _convert_="all")
-    values = {f"{split}/loss": loss(outputs, data.targets)}
-    values |= {f"{split}/{name}": metric(outputs, data.targets) for name, metric in metrics.items()}
-    return outputs, {key: float(value) for key, value in values.items()}
+    return outputs, scores(config, outputs, data.targets, split)
+
+
+def read_rows(path: str) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise ConfigError(f"input={path} is not a readable CSV file: {str(error).splitlines()[0]}") from error
+
+
+def predict_rows(saved: dict, model: torch.nn.Module, path: str) -> pd.DataFrame:
+    """A tabular model's predictions for the raw rows of a CSV file, through the run's preprocessing; with
+    the target column there, also printing the loss and metrics over those rows."""
+    from experiments.data.tabular import RowPreprocessing
+
+    if not Path(path).is_file():
+        raise ConfigError(f"input={path}: no such file")
+    preprocessing, rows = RowPreprocessing.from_state(saved["preprocessing"]), read_rows(path)
+    try:
+        frame = preprocessing.predict(model, rows)
+    except ConfigError as error:
+        raise ConfigError(f"input={path}: {error}") from None
+    if preprocessing.target_name in frame and frame[preprocessing.target_name].notna().all():
+        outputs, targets = (torch.tensor(frame[[column]].to_numpy(), dtype=torch.float32)
+                            for column in ("predicted", preprocessing.target_name))
+        print("  ".join(f"{key} {value:.4f}" for key, value in scores(saved["config"], outputs, targets,
+                                                                        "input").items()))
+    return frame
 
 
 def read_inputs(path: str, input_shape) -> tuple[torch.Tensor, pd.Series | None]:
@@ -39,7 +72,7 @@ def read_inputs(path: str, input_shape) -> tuple[torch.Tensor, pd.Series | None]
     if not Path(path).is_file():
         raise ConfigError(f"input={path}: no such file")
     if path.endswith(".csv"):
-        frame = pd.read_csv(path)
+        frame = read_rows(path)
         labels = frame.pop("label") if "label" in frame else None
         inputs = torch.tensor(frame.to_numpy(), dtype=torch.float32)
     else:
@@ -68,6 +101,11 @@ def run(config: DictConfig) -> pd.DataFrame:
         raise ConfigError("give the model as run_id=<MLflow run id> or as checkpoint=<path to model.pt>, one of them")
     saved = checkpoint.read(config.run_id, config.checkpoint, config.tracking.tracking_uri)
     model = checkpoint.rebuild(saved, config.get("model"))
+    if config.input is not None and saved.get("preprocessing"):
+        frame = predict_rows(saved, model, config.input)
+        frame.to_csv(config.output, index_label="sample")
+        print(f"wrote {len(frame)} predictions to {config.output}")
+        return frame
     datamodule = instantiate(saved["config"]["data"])
     encoding = datamodule.target_encoding
     if config.input is not None:
@@ -94,6 +132,7 @@ def run(config: DictConfig) -> pd.DataFrame:
 @hydra.main(config_path="pkg://experiments.conf", config_name="predict", version_base="1.3")
 def app(config: DictConfig) -> None:
     with reported_as_one_line():
+        check_ranges(config)
         run(config)
 
 

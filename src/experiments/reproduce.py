@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from experiments.cli import reported_as_one_line, run_app
 from experiments.errors import ConfigError
+from experiments.ranges import check_ranges
 
 COLUMNS = ("experiment", "reference", "metric", "published", "ours", "fit seconds", "published seconds", "verdict")
 
@@ -78,6 +79,7 @@ def markdown(rows: list[dict[str, str]]) -> str:
 @hydra.main(config_path="pkg://experiments.conf", config_name="reproduce", version_base="1.3")
 def app(config: DictConfig) -> None:
     with reported_as_one_line():
+        check_ranges(config)
         presets = all_presets() if config.presets == "all" else list(config.presets)
         unknown = set(presets) - set(all_presets())
         if unknown:

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import checkpoint, plots, sweep, tracking
+from experiments import checkpoint, models, plots, sweep, tracking
 from experiments.errors import ConfigError
 from experiments.report import print_model_summary, print_results
 from experiments.task import Task, apply
@@ -23,6 +23,7 @@ class Result:
     run_id: str | None  # None in a DDP run's other processes, which track nothing
     metrics: dict[str, float]
     model: torch.nn.Module
+    preprocessing: object | None  # a tabular run's RowPreprocessing (data/tabular.py): raw rows to inputs
 
 
 def check_one_batch(task: Task, datamodule) -> None:
@@ -91,7 +92,7 @@ def run(config: DictConfig) -> Result:
     In a run of several processes, the others train and evaluate only, and return no run id."""
     L.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = instantiate(config.data)
-    model = instantiate(config.model, input_shape=datamodule.input_shape, num_outputs=datamodule.num_outputs)
+    model = models.build(config.model, datamodule.input_shape, datamodule.num_outputs, datamodule.target_scale)
     metrics = instantiate(config.metrics, _convert_="all")
     scheduler = instantiate(config.scheduler) if config.scheduler else None
     task = Task(model, instantiate(config.loss), metrics, instantiate(config.optimizer), scheduler)
@@ -100,7 +101,7 @@ def run(config: DictConfig) -> Result:
     trainer = instantiate(config.trainer, logger=False)  # the first process adds MLflow's logger below
     check_launch(trainer)
     if not is_first_process(trainer):
-        return Result(None, fit_and_test(trainer, task, datamodule), model)
+        return Result(None, fit_and_test(trainer, task, datamodule), model, datamodule.preprocessing)
     summary = print_model_summary(task)
 
     choices = HydraConfig.get().runtime.choices
@@ -119,9 +120,14 @@ def run(config: DictConfig) -> Result:
         plots.log_plots(logger.run_id, model, datamodule, accuracy.keywords["threshold"] if accuracy else 0.5,
                         output_dir())
         results |= datamodule.log_extras(model)
-        tracking.log_model(model, task.example_input_array)
-        checkpoint.save(config, model, datamodule, output_dir())
+        saved = checkpoint.save(config, model, datamodule, output_dir())
+        if datamodule.preprocessing is None:
+            tracking.log_model(model, task.example_input_array)
+        else:  # raw rows in, through the run's preprocessing
+            from experiments.data.tabular import log_model
+
+            log_model(saved)
 
     print_results(f"{choices.data} · {choices.model} · {trainer.current_epoch} epochs", results, logger.run_id,
                   tracking.ui_command(config.tracking.tracking_uri))
-    return Result(logger.run_id, results, model)
+    return Result(logger.run_id, results, model, datamodule.preprocessing)

@@ -11,6 +11,7 @@ from torchmetrics import Metric
 
 from experiments.data.tensors import take
 from experiments.errors import ConfigError
+from experiments.models.target_scale import TargetScaled
 
 STAGES = ("train", "val", "test")
 BACKWARD_HOOKS = ("on_before_backward", "on_after_backward")
@@ -107,11 +108,15 @@ class Task(L.LightningModule):
         for inputs, targets in batches:
             outputs = apply(self.model, inputs)
             loss = self.loss(outputs, targets)
+            # recorded in the target's units; a model that scales its outputs to them is optimised on the
+            # standardised scale (models/target_scale.py)
+            optimised = (self.loss(self.model.standardise(outputs), self.model.standardise(targets))
+                         if isinstance(self.model, TargetScaled) else loss)
             optimizer.zero_grad()
             if self.plain_backward:
-                loss.backward()
+                optimised.backward()
             else:
-                self.manual_backward(loss)
+                self.manual_backward(optimised)
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()

@@ -67,15 +67,19 @@ def _subset(split: Split, limit: int | None, index_range: list[int] | None) -> S
     return split.head(limit) if limit is not None else split
 
 
-def _hold_out(split: Split, val_size: int, seed: int) -> tuple[Split, Split]:
-    """A seeded random validation split of `val_size` images; 0 validates on the training images."""
+def _hold_out(split: Split, val_size: float, seed: int) -> tuple[Split, Split]:
+    """A seeded random validation split: `val_size` below 1 is a share of the images (at least one), from
+    1 a number of images; 0 validates on the training images."""
     if val_size == 0:
         return split, split
-    if val_size >= len(split):
+    if val_size >= 1 and val_size != int(val_size):
+        raise ConfigError(f"data.val_size={val_size}: give a share of the images below 1 or a whole number of them")
+    count = max(1, round(len(split) * val_size)) if val_size < 1 else int(val_size)
+    if count >= len(split):
         raise ConfigError(f"data.val_size={val_size} leaves no training images out of {len(split)}; lower it")
     order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
-    return (Split(split.inputs[order[val_size:]], split.targets[order[val_size:]]),
-            Split(split.inputs[order[:val_size]], split.targets[order[:val_size]]))
+    return (Split(split.inputs[order[count:]], split.targets[order[count:]]),
+            Split(split.inputs[order[:count]], split.targets[order[:count]]))
 
 
 def _encoded(split: Split, targets: str) -> Split:
@@ -84,7 +88,7 @@ def _encoded(split: Split, targets: str) -> Split:
     return Split(split.inputs, encode(split.targets, targets, num_classes=10))
 
 
-def mnist(root: str, dataset: str, download: bool, targets: str, val_size: int, limit: int | None,
+def mnist(root: str, dataset: str, download: bool, targets: str, val_size: float, limit: int | None,
           index_range: list[int] | None, mean: float, std: float, seed: int, **loader) -> TensorDataModule:
     """MNIST or Fashion-MNIST: validation held out of the official training set, the official test set for test/."""
     train = _subset(load_images(root, dataset, True, download), limit, index_range)
@@ -107,7 +111,7 @@ def mnist_3v7(root: str, download: bool, targets: str, flatten: bool, seed: int,
     return TensorDataModule(train, val, target_encoding=targets, scale=PIXEL_SCALE, seed=seed, **loader)
 
 
-def mnist_csv(path: str, targets: str, val_size: int, limit: int | None, mean: float, std: float, seed: int,
+def mnist_csv(path: str, targets: str, val_size: float, limit: int | None, mean: float, std: float, seed: int,
               **loader) -> TensorDataModule:
     """MNIST as CSV, Kaggle digit-recognizer style: a `label` column, then 784 pixel columns (0-255)."""
     try:

@@ -3,13 +3,17 @@
 The CSV is checked before anything else runs, so bad input ends in one line before an MLflow run opens.
 Preprocessing is a scikit-learn ColumnTransformer fitted on the training rows only: validation and
 test rows are transformed with the training medians, means, deviations and categories, as new data
-would be.
+would be. It is saved with the model (`RowPreprocessing.state`, in model.pt and the MLflow model), so
+predictions on new raw rows go through the same steps. The target is standardised on the training
+rows by the model's last layer (models/target_scale.py): metrics and predictions are in its units.
 """
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
+import skops.io
 import torch
 from sklearn import metrics
 from sklearn.compose import ColumnTransformer
@@ -20,6 +24,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from experiments.data.tensors import Split, TensorDataModule
 from experiments.errors import ConfigError
+from experiments.task import predict
 
 SPLITS = ("random", "none")
 
@@ -31,6 +36,7 @@ def csv_dataset(
     numeric: list[str],
     categorical: list[str],
     log_target: bool,
+    standardize_target: bool,
     split: str,
     val_fraction: float,
     test_fraction: float,
@@ -43,22 +49,19 @@ def csv_dataset(
     frame = read_csv(path)
     features = choose_features(frame, path, target, features)
     targets = numeric_target(frame[target], path, log_target)
-    inputs, numeric, categorical = typed_inputs(frame[features], numeric, categorical)
+    numeric, categorical = column_types(frame[features], numeric, categorical)
     rows = split_rows(len(frame), split, val_fraction, test_fraction, loader["seed"])
-    preprocess = ColumnTransformer([
-        # median: robust to the skewed counts and areas of house data
-        ("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric),
-        # a missing value is a category of its own; categories first seen after training encode as all zeros
-        ("categorical", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical),
-    ]).fit(inputs.iloc[rows["train"]])
+    preprocessing = RowPreprocessing.fit(frame.iloc[rows["train"]], numeric, categorical, target, log_target)
     splits = {
-        name: Split(torch.tensor(preprocess.transform(inputs.iloc[index]), dtype=torch.float32),
+        name: Split(preprocessing.inputs(frame.iloc[index]),
                     torch.tensor(targets[index], dtype=torch.float32).unsqueeze(1))
         for name, index in rows.items()
     }
-    return TabularDataModule(splits["train"], splits["val"], splits.get("test"), preprocess=preprocess,
-                             target_name=f"log({target})" if log_target else target,
-                             target_encoding="regression", **loader)
+    trained = targets[rows["train"]]
+    # std 0 (one value in every training row): the network learns the difference from the mean as is
+    target_scale = (float(trained.mean()), float(trained.std()) or 1.0) if standardize_target else None
+    return TabularDataModule(splits["train"], splits["val"], splits.get("test"), preprocessing=preprocessing,
+                             target_scale=target_scale, target_encoding="regression", **loader)
 
 
 def locate(path: Path, url: str | None, md5: str | None) -> Path:
@@ -135,18 +138,15 @@ def numeric_target(column: pd.Series, path: Path, log: bool) -> np.ndarray:
     return np.log(values.to_numpy()) if log else values.to_numpy()
 
 
-def typed_inputs(inputs: pd.DataFrame, numeric: list[str], categorical: list[str]):
-    """The inputs with each column typed numeric or categorical: numbers (not true/false) are numeric,
-    everything else categorical, except the columns `numeric` and `categorical` name."""
+def column_types(inputs: pd.DataFrame, numeric: list[str], categorical: list[str]) -> tuple[list[str], list[str]]:
+    """The numeric and the categorical input columns: numbers (not true/false) are numeric, everything
+    else categorical, except the columns `numeric` and `categorical` name."""
     for name, listed in (("numeric", numeric), ("categorical", categorical)):
         if unknown := [c for c in listed if c not in inputs.columns]:
             raise ConfigError(f"data.{name} names {', '.join(unknown)}, not among the input columns "
                               f"{', '.join(map(str, inputs.columns))}")
     if both := set(numeric) & set(categorical):
         raise ConfigError(f"{', '.join(sorted(both))} listed in both data.numeric and data.categorical")
-    inputs = inputs.copy()
-    for column in numeric:  # text in them, such as "?" for unknown, becomes a missing value
-        inputs[column] = pd.to_numeric(inputs[column], errors="coerce")
 
     def is_numeric(column: str) -> bool:
         kind = inputs[column].dtype
@@ -154,10 +154,103 @@ def typed_inputs(inputs: pd.DataFrame, numeric: list[str], categorical: list[str
                                      and not pd.api.types.is_bool_dtype(kind))
 
     numbers = [c for c in inputs.columns if is_numeric(c)]
-    others = [c for c in inputs.columns if c not in numbers]
-    # one type per categorical column (codes such as 1, 2 as text), missing values kept missing
-    inputs[others] = inputs[others].astype(str).where(inputs[others].notna())
-    return inputs, numbers, others
+    return numbers, [c for c in inputs.columns if c not in numbers]
+
+
+def typed_columns(inputs: pd.DataFrame, numeric: list[str], categorical: list[str]) -> pd.DataFrame:
+    """The columns `numeric` as numbers (text in them, such as "?" for unknown, becomes a missing value)
+    and `categorical` as text, one type per column (codes such as 1, 2 as text), missing values kept missing."""
+    inputs = inputs[[*numeric, *categorical]].copy()
+    for column in numeric:
+        inputs[column] = pd.to_numeric(inputs[column], errors="coerce")
+    inputs[categorical] = inputs[categorical].astype(str).where(inputs[categorical].notna())
+    return inputs
+
+
+@dataclass
+class RowPreprocessing:
+    """Raw rows, as the CSV holds them (numbers and text), to the model's inputs: the ColumnTransformer
+    fitted on the training rows. Saved with the model, so that new rows are predicted as trained."""
+
+    transformer: ColumnTransformer
+    numeric: list[str]
+    categorical: list[str]
+    target: str
+    log_target: bool
+
+    @classmethod
+    def fit(cls, rows: pd.DataFrame, numeric: list[str], categorical: list[str], target: str,
+            log_target: bool) -> "RowPreprocessing":
+        transformer = ColumnTransformer([
+            # median: robust to the skewed counts and areas of house data
+            ("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric),
+            # a missing value is a category of its own; categories first seen after training encode as all zeros
+            ("categorical", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical),
+        ]).fit(typed_columns(rows, numeric, categorical))
+        return cls(transformer, numeric, categorical, target, log_target)
+
+    @property
+    def target_name(self) -> str:
+        """The target the model predicts: the column, or its log."""
+        return f"log({self.target})" if self.log_target else self.target
+
+    def inputs(self, rows: pd.DataFrame) -> torch.Tensor:
+        """The model's inputs for raw `rows`, which need the input columns (in any order; others are ignored)."""
+        columns = [*self.numeric, *self.categorical]
+        if missing := [c for c in columns if c not in rows.columns]:
+            raise ConfigError(f"the rows lack the input columns {', '.join(map(str, missing))}; the model takes "
+                              f"{', '.join(map(str, columns))} (the target {self.target} may be there or not)")
+        return torch.tensor(self.transformer.transform(typed_columns(rows, self.numeric, self.categorical)),
+                            dtype=torch.float32)
+
+    def predict(self, model: torch.nn.Module, rows: pd.DataFrame) -> pd.DataFrame:
+        """A row per raw row: the target where `rows` hold it, then `predicted`, both in the units the model
+        was trained in (log units with data.log_target)."""
+        predicted = pd.DataFrame({"predicted": predict(model, self.inputs(rows)).numpy()[:, 0]}, index=rows.index)
+        if self.target in rows.columns:
+            actual = pd.to_numeric(rows[self.target], errors="coerce")
+            predicted.insert(0, self.target_name, np.log(actual) if self.log_target else actual)
+        return predicted
+
+    def state(self) -> dict:
+        """As model.pt holds it: plain values, and the transformer serialised by skops, which (unlike
+        pickle) loads only the types it is told to trust, as model.pt is read with weights_only=True."""
+        return {"transformer": skops.io.dumps(self.transformer), "numeric": self.numeric,
+                "categorical": self.categorical, "target": self.target, "log_target": self.log_target}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "RowPreprocessing":
+        return cls(**state | {"transformer": skops.io.loads(state["transformer"], trusted=SKOPS_TRUSTED)})
+
+
+SKOPS_TRUSTED = ["numpy.dtype"]  # besides scikit-learn's own types, which skops trusts
+
+
+class RawRowsModel(mlflow.pyfunc.PythonModel):
+    """A tabular run's MLflow model: raw rows in (a pandas DataFrame as the CSV holds them, the target
+    column there or not), a DataFrame with the column `predicted` out, through the run's model.pt (its
+    weights, target scaling and preprocessing), exactly as `python -m experiments.predict input=...`."""
+
+    def load_context(self, context) -> None:
+        from experiments import checkpoint
+
+        saved = checkpoint.read(None, context.artifacts["checkpoint"], None)
+        self.model, self.preprocessing = checkpoint.rebuild(saved), RowPreprocessing.from_state(saved["preprocessing"])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        return self.preprocessing.predict(self.model, model_input)
+
+
+def log_model(checkpoint_path: Path) -> None:
+    """Log the model of a tabular run (RawRowsModel, as code: tabular_model.py) to the active MLflow run, as
+    `model`. No signature: MLflow would then demand exactly the training columns and types, where raw rows
+    may lack the target, hold other columns, or read a number column as text."""
+    mlflow.pyfunc.log_model(
+        name="model", python_model=str(Path(__file__).with_name("tabular_model.py")),
+        artifacts={"checkpoint": str(checkpoint_path)},
+        # Stating the requirements skips MLflow's slow import scan of the environment.
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "scikit-learn", "pandas", "skops"],
+    )
 
 
 def split_rows(n_rows: int, split: str, val_fraction: float, test_fraction: float, seed: int) -> dict:
@@ -186,13 +279,18 @@ REGRESSION_METRICS = {
 
 
 class TabularDataModule(TensorDataModule):
-    """Preprocessed CSV splits (`preprocess` is the fitted ColumnTransformer that made them), targets
-    named `target_name` in plots."""
+    """Preprocessed CSV splits (`preprocessing` made them from the raw rows), targets in their own units,
+    which the model scales its outputs to (`target_scale`: the training targets' mean and std; None
+    trains on the targets as they are)."""
 
-    def __init__(self, train: Split, val: Split, test: Split | None, *, preprocess: ColumnTransformer,
-                 target_name: str, **options):
+    def __init__(self, train: Split, val: Split, test: Split | None, *, preprocessing: RowPreprocessing,
+                 target_scale: tuple[float, float] | None, **options):
         super().__init__(train, val, test, **options)
-        self.preprocess, self.target_name = preprocess, target_name
+        self.preprocessing, self.target_scale = preprocessing, target_scale
+
+    @property
+    def target_name(self) -> str:
+        return self.preprocessing.target_name
 
     def splits(self) -> dict[str, Split]:
         return {name: split for name, split in (("train", self.train), ("val", self.val), ("test", self.test))

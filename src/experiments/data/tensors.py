@@ -108,6 +108,11 @@ class TensorDataModule(L.LightningDataModule):
     step's batches to move them cost as much as 5% of REFERENCE.md E2's training).
     """
 
+    # Regression data sets these: the training targets' (mean, std), which the model's last layer
+    # scales its outputs by (models/target_scale.py), and the fitted preprocessing of raw rows.
+    target_scale: tuple[float, float] | None = None
+    preprocessing = None
+
     def __init__(
         self,
         train: Split,

@@ -1,0 +1,91 @@
+"""The valid range of every numeric option, checked as soon as a command's config is composed, before
+any data is read or MLflow run opened: a value out of range is one line naming the option, its value
+and the range. Imports only OmegaConf, so the check costs nothing at start-up.
+
+A table rather than typed (structured) configs: OmegaConf's types have no ranges, so a schema per
+config group would still need these bounds written out, and would fix every group's keys, where
+`+trainer.<name>=...` and users' own configs add any key.
+"""
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from experiments.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Range:
+    low: float | None = None      # None: no bound
+    high: float | None = None
+    low_open: bool = False        # the bound itself excluded
+    high_open: bool = False
+    integer: bool = False
+    also: dict = field(default_factory=dict)  # values allowed besides the range: {value: what it means}
+
+    def __contains__(self, value) -> bool:
+        if any(value == allowed and type(value) is type(allowed) for allowed in self.also):
+            return True
+        if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
+            return False
+        return ((self.low is None or value > self.low or (value == self.low and not self.low_open))
+                and (self.high is None or value < self.high or (value == self.high and not self.high_open)))
+
+    def __str__(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        if self.low is not None and self.high is not None:
+            text = f"{kind} in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+        elif self.low is not None:
+            text = f"{kind} {'>' if self.low_open else '≥'} {self.low}"
+        else:
+            text = kind
+        allowed = ", ".join(f"{'null' if value is None else value} ({meaning})" for value, meaning in self.also.items())
+        return f"{text}, or {allowed}" if allowed else text
+
+
+COUNT = Range(1, integer=True)
+POSITIVE = Range(0, low_open=True)
+SHARE = Range(0, 1, high_open=True)  # of rows held out: 0 holds out none
+
+# option -> its range; the options a command's config lacks are skipped, a list's items checked each
+RANGES = {
+    "seed": Range(0, 2**32 - 1, integer=True),  # Lightning would silently pick a random seed outside it
+    "trainer.max_epochs": COUNT,
+    "trainer.max_steps": Range(1, integer=True, also={-1: "no limit"}),
+    "trainer.check_val_every_n_epoch": Range(1, integer=True, also={None: "by steps only"}),
+    "trainer.log_every_n_steps": COUNT,
+    "trainer.num_nodes": COUNT,
+    "trainer.num_sanity_val_steps": Range(0, integer=True, also={-1: "all"}),
+    "optimizer.lr": POSITIVE,
+    "optimizer.weight_decay": Range(0),
+    "optimizer.momentum": Range(0, 1, high_open=True),
+    "scheduler.max_lr": POSITIVE,
+    "scheduler.pct_start": Range(0, 1, low_open=True, high_open=True),
+    "model.hidden_sizes": COUNT,
+    "model.init_std": POSITIVE,
+    "data.batch_size": COUNT,
+    "data.n_points": COUNT,
+    "data.radius": POSITIVE,
+    "data.val_fraction": SHARE,
+    "data.test_fraction": SHARE,
+    "data.val_size": Range(0),  # a share below 1, or a count (images.py)
+    "data.limit": Range(1, integer=True, also={None: "every image"}),
+    "data.index_range": Range(0, integer=True, also={None: "every image"}),
+    "data.std": POSITIVE,
+    "batch_size": COUNT,  # experiments.predict
+    "tolerance.accuracy": Range(0),  # experiments.reproduce
+    "tolerance.mse": Range(0),
+}
+
+
+def check_ranges(config: DictConfig) -> None:
+    """Raise ConfigError naming the first option of `config` whose value is out of its range."""
+    for key, valid in RANGES.items():
+        value = OmegaConf.select(config, key, default=KeyError, throw_on_missing=False)
+        if value is KeyError:
+            continue
+        if isinstance(value, ListConfig):
+            if not all(item in valid for item in value):
+                raise ConfigError(f"{key}={OmegaConf.to_container(value)} is out of range: expected each item "
+                                  f"to be {valid}")
+        elif value not in valid:
+            raise ConfigError(f"{key}={'null' if value is None else value} is out of range: expected {valid}")
