@@ -2,7 +2,7 @@
 
 Each split is a pair of tensors held whole in memory; a batch is one indexing operation on them,
 where a DataLoader over a TensorDataset fetches and collates sample by sample. For the MNIST CNN
-that difference is small (scripts/benchmark_mnist.py times both); it grows as the model shrinks.
+that difference is small (scripts/benchmark.py times both); it grows as the model shrinks.
 
 A Lightning step gets a list of batches, not one: in a single process the whole epoch's, so that
 Lightning's per-step work (some 30 hooks, the loop's bookkeeping) is paid once an epoch instead of
@@ -16,7 +16,6 @@ import torch
 
 
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]  # a tuple for a model with several inputs
-STAGE_SPLITS = ("train", "val", "test")  # the data module's attributes holding them
 
 
 def take(inputs: Inputs, index) -> Inputs:
@@ -148,11 +147,12 @@ class TensorDataModule(L.LightningDataModule):
             return int(self.train.targets.max()) + 1
         return self.train.targets.shape[1] if self.train.targets.dim() > 1 else 1
 
-    def _batches(self, split: Split, training: bool) -> TensorBatches:
-        trainer = self.trainer  # None until a Trainer runs this module (the one-batch check before a run)
+    def _batches(self, name: str, training: bool) -> TensorBatches:
+        """Batches of the split `name` ("train", "val", "test")."""
+        split, trainer = getattr(self, name), self.trainer  # no trainer yet: the one-batch check before a run
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         if trainer:
-            name, device = next(name for name in STAGE_SPLITS if getattr(self, name) is split), trainer.strategy.root_device
+            device = trainer.strategy.root_device
             split = self.on_device.setdefault((name, device), split.to(device))
         # Several processes (DDP) take a batch per step: DDP synchronises the gradients of one backward pass
         # per forward call of its wrapped module, which calls the step.
@@ -160,13 +160,13 @@ class TensorDataModule(L.LightningDataModule):
                              rank=rank, world_size=world_size, equal_shards=training, whole_epoch=world_size == 1)
 
     def train_dataloader(self):
-        return self._batches(self.train, training=True)
+        return self._batches("train", training=True)
 
     def val_dataloader(self):
-        return self._batches(self.val, training=False)
+        return self._batches("val", training=False)
 
     def test_dataloader(self):
-        return self._batches(self.test, training=False)
+        return self._batches("test", training=False)
 
     def normalize(self, inputs: Inputs) -> Inputs:
         if not isinstance(inputs, torch.Tensor):
