@@ -1,8 +1,11 @@
 """Nothing lost: a failed job does not stop its sweep, a diverging run fails at its epoch, a signal ends
 a run KILLED, interrupted runs resume, the store survives concurrent commands, server trouble is one line."""
 import json
+import signal
+import time
 
-from conftest import QUIET, cli
+import pytest
+from conftest import QUIET, cli, start
 
 from test_sweeps import parent_and_children
 
@@ -88,3 +91,38 @@ def test_in_a_sweep_only_the_diverging_job_fails(store):
     statuses = {child.info.run_name: child.info.status for child in children}
     assert statuses == {"optimizer.lr=10": "FAILED", "optimizer.lr=0.001": "FINISHED"}
     assert parent.info.status == "FAILED"
+
+
+def running_run(store, process, metric="train/loss"):
+    """Wait until `process` has a run in the store with `metric` recorded; that run."""
+    for _ in range(600):
+        assert process.poll() is None, process.communicate()[1]
+        experiment = store.get_experiment_by_name("experiments")
+        runs = store.search_runs([experiment.experiment_id]) if experiment else []
+        if runs and metric in runs[0].data.metrics:
+            return runs[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no run recorded {metric}")
+
+
+@pytest.mark.parametrize("signum, exit_code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_ends_the_run_killed_and_the_command_with_128_plus_its_number(store, signum, exit_code):
+    process = start("-m", "experiments", "data=circle", "trainer.max_epochs=100000", *QUIET)
+    run = running_run(store, process)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == exit_code, stderr
+    assert stderr.splitlines()[-1] == f"error: stopped by {signal.Signals(signum).name}"
+    assert store.get_run(run.info.run_id).info.status == "KILLED"
+
+
+def test_a_signal_in_a_sweep_ends_its_job_and_parent_killed(store):
+    process = start("-m", "experiments", "-m", "data=circle", "trainer.max_epochs=100000", "seed=0,1", *QUIET)
+    running_run(store, process)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+
+    assert process.returncode == 143
+    parent, (child,) = parent_and_children(store)  # the second job never started
+    assert (parent.info.status, child.info.status) == ("KILLED", "KILLED")
