@@ -6,24 +6,41 @@ Only Hydra and OmegaConf load at start-up; torch, Lightning and MLflow load when
 import hydra
 from omegaconf import DictConfig
 
+from experiments import sweep
 from experiments.cli import check_override_types, reported_as_one_line, run_app
 from experiments.errors import ConfigError
 from experiments.ranges import check_ranges
 
 
-@hydra.main(config_path="pkg://experiments.conf", config_name="config", version_base="1.3")
-def app(config: DictConfig) -> float:
-    """Run one experiment; return the objective's final value, for Hydra's sweepers to optimise."""
-    with reported_as_one_line():
-        check_override_types(config)
-        check_ranges(config)
-        from experiments.run import run  # the heavy imports (torch, Lightning, MLflow) start here
+def objective(config: DictConfig) -> float:
+    """Run one experiment; the objective's final value."""
+    check_override_types(config)
+    check_ranges(config)
+    from experiments.run import run  # the heavy imports (torch, Lightning, MLflow) start here
 
-        metrics = run(config).metrics
-        if config.objective.metric not in metrics:
-            raise ConfigError(f"objective.metric={config.objective.metric} was not recorded; "
-                              f"recorded metrics: {', '.join(sorted(metrics))}")
-        return metrics[config.objective.metric]
+    metrics = run(config).metrics
+    if config.objective.metric not in metrics:
+        raise ConfigError(f"objective.metric={config.objective.metric} was not recorded; "
+                          f"recorded metrics: {', '.join(sorted(metrics))}")
+    return metrics[config.objective.metric]
+
+
+@hydra.main(config_path="pkg://experiments.conf", config_name="config", version_base="1.3")
+def app(config: DictConfig) -> float | None:
+    """Run one experiment; return the objective's final value, for Hydra's sweepers to optimise.
+
+    A sweep's job that fails is recorded as a FAILED child run and returns None (a failed trial, to
+    Optuna), so that the other jobs still run; the sweep's parent run then fails (sweep.ParentRun).
+    """
+    job = sweep.current_job()
+    if job is None:
+        with reported_as_one_line():
+            return objective(config)
+    try:
+        return objective(config)
+    except Exception as error:
+        sweep.record_failed_job(config, job, error)
+        return None
 
 
 def main() -> None:

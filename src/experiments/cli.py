@@ -11,7 +11,7 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments.errors import ConfigError
+from experiments.errors import ConfigError, Stopped, stop_on_signals
 
 
 def check_override_types(config: DictConfig) -> None:
@@ -48,6 +48,14 @@ def one_line(error: Exception) -> str:
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
+def error_line(error: BaseException) -> str:
+    """An error in one line: bad input as its message, anything else with its type (`ValueError: ...`)."""
+    if isinstance(error, (ConfigError, HydraException, OmegaConfBaseException)):
+        return one_line(error)
+    message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
 @contextmanager
 def reported_as_one_line():
     """Turn bad input into one line on stderr and exit status 2; other errors keep their traceback.
@@ -62,13 +70,19 @@ def reported_as_one_line():
 
 
 def run_app(app) -> None:
-    """Run a Hydra app, printing bad input as one line.
+    """Run a Hydra app, printing bad input as one line, and a stop by SIGINT or SIGTERM as one line with
+    exit status 130 or 143 (the runs it stopped end KILLED).
 
     Hydra reports config errors over several lines; asked to raise them instead (HYDRA_FULL_ERROR),
     it lets us print one. A user who sets HYDRA_FULL_ERROR themselves gets Hydra's full report.
     """
-    if "HYDRA_FULL_ERROR" in os.environ:
-        return app()
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    with reported_as_one_line():
-        app()
+    stop_on_signals()
+    try:
+        if "HYDRA_FULL_ERROR" in os.environ:
+            return app()
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        with reported_as_one_line():
+            app()
+    except Stopped as stop:
+        print(f"error: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)

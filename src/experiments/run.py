@@ -105,9 +105,10 @@ def run(config: DictConfig) -> Result:
     summary = print_model_summary(task)
 
     choices = HydraConfig.get().runtime.choices
-    parent_run_id, child_name = sweep.job_parent() or (None, None)
-    run_name = config.tracking.run_name or child_name or f"{choices.data}-{choices.model}"
-    with tracking.start_run(config, run_name, choices, parent_run_id) as logger:
+    job = sweep.current_job()
+    run_name = config.tracking.run_name or (job and job.name) or f"{choices.data}-{choices.model}"
+    with tracking.start_run(config, run_name, choices, job and job.parent_run_id,
+                            {"sweep.job": str(job.number)} if job else None) as logger:
         mlflow.log_text(summary, "model_summary.txt")
         trainer.logger = logger
         results = fit_and_test(trainer, task, datamodule)

@@ -15,6 +15,8 @@ Only Hydra and OmegaConf are imported here: Hydra instantiates callbacks for eve
 """
 import atexit
 import json
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -22,6 +24,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
+
+from experiments import errors, store
+from experiments.cli import error_line
 
 PARENT_FILE = "mlflow_parent_run.json"
 
@@ -34,9 +39,17 @@ def swept_keys(config: DictConfig) -> list[str]:
     return keys + [key for key in config.hydra.sweeper.get("params") or {} if key not in keys]
 
 
-def job_parent() -> tuple[str, str] | None:
-    """In a multirun job: the parent run's id, and this child's name made of its swept values
-    (`model=mlp,optimizer.lr=0.1`). None outside a multirun (a single run, the Python API)."""
+@dataclass
+class Job:
+    """A multirun job, as its child run records it."""
+    parent_run_id: str
+    name: str                # its swept values, `model=mlp,optimizer.lr=0.1`
+    number: int              # Hydra's job number in the sweep (tag `sweep.job` of its child run)
+    swept: dict[str, str]    # swept key: this job's value
+
+
+def current_job() -> Job | None:
+    """The multirun job running in this process; None outside a multirun (a single run, the Python API)."""
     hydra_config = HydraConfig.get()
     if hydra_config.mode != RunMode.MULTIRUN:
         return None
@@ -45,8 +58,38 @@ def job_parent() -> tuple[str, str] | None:
         return None
     parent = json.loads(path.read_text())
     overrides = OverridesParser.create().parse_overrides(list(hydra_config.overrides.task))
-    name = ",".join(f"{o.key_or_group}={o.value()}" for o in overrides if o.key_or_group in parent["swept"])
-    return parent["run_id"], name or hydra_config.job.override_dirname
+    swept = {o.key_or_group: str(o.value()) for o in overrides if o.key_or_group in parent["swept"]}
+    name = ",".join(f"{key}={value}" for key, value in swept.items())
+    return Job(parent["run_id"], name or hydra_config.job.override_dirname, hydra_config.job.num, swept)
+
+
+def record_failed_job(config: DictConfig, job: Job, error: Exception) -> None:
+    """Print a failed job's error in one line and record it on its child run: FAILED, tag `error` holding the
+    line, `error.txt` the traceback. A job that failed before opening its run (bad input) gets a child run
+    then, named and tagged like the others, so that the sweep lists every job."""
+    import traceback
+
+    import mlflow
+
+    line = error_line(error)
+    print(f"error: job {job.number} ({job.name}) failed: {line}", file=sys.stderr)
+    client = mlflow.MlflowClient(config.tracking.tracking_uri)
+    experiment_id = client.get_run(job.parent_run_id).info.experiment_id
+    children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{job.parent_run_id}' "
+                                                    f"and tags.`sweep.job` = '{job.number}'")
+    if children:
+        run_id = children[0].info.run_id
+    else:
+        choices = HydraConfig.get().runtime.choices
+        tags = {f"choice.{group}": str(option) for group, option in choices.items() if not group.startswith("hydra")}
+        run_id = client.create_run(experiment_id, run_name=job.name, tags={
+            **tags, "mlflow.parentRunId": job.parent_run_id, "sweep.job": str(job.number)}).info.run_id
+        for key, value in job.swept.items():
+            if f"choice.{key}" not in tags:
+                client.log_param(run_id, key.lstrip("+~"), value)
+    client.set_tag(run_id, "error", line)
+    client.log_text(run_id, "".join(traceback.format_exception(error)), "error.txt")
+    client.set_terminated(run_id, "FAILED")
 
 
 def swept_value(run, key: str) -> str:
@@ -56,12 +99,13 @@ def swept_value(run, key: str) -> str:
 
 
 def children_table(runs, keys: list[str]):
-    """One row per child: name, status, swept values, final metrics."""
+    """One row per child: name, status, swept values, final metrics, the error of a failed one."""
     import pandas as pd
 
-    rows = [{"run_name": run.info.run_name, "status": run.info.status,
-             **{key: swept_value(run, key) for key in keys}, **run.data.metrics} for run in runs]
-    return pd.DataFrame(rows, columns=None if rows else ["run_name", "status", *keys])
+    rows = [{"job": run.data.tags.get("sweep.job", ""), "run_name": run.info.run_name, "status": run.info.status,
+             **{key: swept_value(run, key) for key in keys}, **run.data.metrics,
+             "error": run.data.tags.get("error", "")} for run in runs]
+    return pd.DataFrame(rows, columns=None if rows else ["job", "run_name", "status", *keys, "error"])
 
 
 def markdown(table) -> str:
@@ -89,6 +133,36 @@ def objective_figure(table, keys: list[str], metric: str):
     return figure
 
 
+def print_summary(table, keys: list[str], metric: str, parent_run_id: str, best_name: str | None,
+                  where: str) -> None:
+    """The sweep's end on the console: the parent run, a row per job (swept values, objective, status),
+    the best job and where the summary is kept."""
+    from rich.console import Console
+    from rich.table import Table
+
+    failed = (table["status"] != "FINISHED").sum()
+    console = Console()
+    rich_table = Table(title=f"sweep · {len(table)} jobs" + (f" · {failed} failed" if failed else ""))
+    columns = ["job", *keys, metric, "status"]
+    for column in columns:
+        rich_table.add_column(column, justify="right" if column == metric else "left")
+    for _, row in table.iterrows():
+        value = row.get(metric)
+        rich_table.add_row(*(str(row[c]) for c in columns[:-2]),
+                           "" if value is None or value != value else f"{value:.4g}", row["status"])
+    console.print(rich_table)
+    console.print(f"best job: {best_name}" if best_name else f"best job: none ({metric} recorded by no finished job)",
+                  soft_wrap=True)
+    console.print(f"MLflow parent run {parent_run_id}; summary: {where}", soft_wrap=True)
+
+
+def stop_with_one_line(action: str, error: Exception) -> None:
+    """A callback's failure ends the command: Hydra would turn it into a warning and carry on, and the
+    sweep would lose its parent run (jobs recorded as unrelated runs) or its summary."""
+    print(f"error: {action}: {error_line(error)}", file=sys.stderr)
+    sys.exit(2 if isinstance(error, errors.ConfigError) else 1)
+
+
 class ParentRun(Callback):
     """The MLflow parent run of a multirun (see the module's docstring)."""
 
@@ -97,14 +171,28 @@ class ParentRun(Callback):
         self.run_id = self.tracking_uri = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            self.start(config)
+        except Exception as error:
+            stop_with_one_line("the sweep's parent run could not be opened", error)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        try:
+            failed = self.summarise(config)
+        except Exception as error:
+            stop_with_one_line("the sweep's summary could not be recorded", error)
+        if failed:
+            print(f"error: {failed} of the sweep's jobs failed (the table above; each one's error is the tag `error` "
+                  "of its run)", file=sys.stderr)
+            sys.exit(1)
+
+    def start(self, config: DictConfig) -> None:
         import mlflow
 
         HydraConfig.instance().set_config(config)  # the `hydra:` resolver in tracking_uri needs it
         self.tracking_uri = config.tracking.tracking_uri
+        experiment_id = store.experiment_id(self.tracking_uri, config.tracking.experiment_name)
         client = mlflow.MlflowClient(self.tracking_uri)
-        experiment = client.get_experiment_by_name(config.tracking.experiment_name)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-            config.tracking.experiment_name)
         overrides = " ".join(config.hydra.overrides.task)
         keys = swept_keys(config)
         run = client.create_run(experiment_id, run_name=f"sweep {overrides}".strip(),
@@ -115,27 +203,33 @@ class ParentRun(Callback):
         (sweep_dir / PARENT_FILE).write_text(json.dumps({"run_id": self.run_id, "swept": keys}))
         client.log_dict(self.run_id, {"overrides": list(config.hydra.overrides.task), "swept": keys},
                         "sweep/overrides.json")
-        atexit.register(self.end, "FAILED")  # a failed job stops the sweep before on_multirun_end
+        atexit.register(self.end_at_exit)  # the sweep stopped before on_multirun_end
 
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+    def summarise(self, config: DictConfig) -> int:
+        """Log the children's table, the best child and the objective plot on the parent, print them, end
+        the parent (FAILED when a job failed); the number of jobs that failed."""
         import mlflow
 
-        client = mlflow.MlflowClient(self.tracking_uri)
+        client, parent_run_id = mlflow.MlflowClient(self.tracking_uri), self.run_id
         sweep_dir = Path(config.hydra.sweep.dir)
         keys = json.loads((sweep_dir / PARENT_FILE).read_text())["swept"]
         if (sweep_dir / "optimization_results.yaml").is_file():  # the Optuna sweeper's best trial
             client.log_artifact(self.run_id, str(sweep_dir / "optimization_results.yaml"), "sweep")
         runs = client.search_runs([client.get_run(self.run_id).info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{self.run_id}'", order_by=["attributes.start_time"])
+        runs.sort(key=lambda run: int(run.data.tags.get("sweep.job", len(runs))))  # in job order, parallel or not
         table = children_table(runs, keys)
         client.log_table(self.run_id, table, "sweep/children.json")
         client.log_text(self.run_id, markdown(table), "sweep/children.md")
         client.log_text(self.run_id, table.to_csv(index=False), "sweep/children.csv")
+        table.to_csv(sweep_dir / "children.csv", index=False)
         metric, direction = config.objective.metric, config.objective.direction
         finished = table[(table["status"] == "FINISHED")]
+        best_name = None
         if metric in finished and finished[metric].notna().any():
             best = finished.loc[finished[metric].idxmin() if direction == "minimize" else finished[metric].idxmax()]
             best_run = runs[best.name]
+            best_name = f"{best_run.info.run_name} ({metric} {best[metric]:.4g}, run {best_run.info.run_id})"
             client.set_tag(self.run_id, "best.run_id", best_run.info.run_id)
             client.set_tag(self.run_id, "best.run_name", best_run.info.run_name)
             for key in keys:
@@ -143,7 +237,14 @@ class ParentRun(Callback):
             client.log_metric(self.run_id, f"best/{metric}", float(best[metric]))
             if keys:
                 client.log_figure(self.run_id, objective_figure(finished, keys, metric), "sweep/objective.png")
-        self.end("FINISHED")
+        failed = len(table) - len(finished)
+        self.end("FAILED" if failed else "FINISHED")
+        print_summary(table, keys, metric, parent_run_id, best_name,
+                      f"{sweep_dir / 'children.csv'}, and the parent run's artifacts sweep/")
+        return failed
+
+    def end_at_exit(self) -> None:
+        self.end("KILLED" if errors.received_signal else "FAILED")
 
     def end(self, status: str) -> None:
         if self.run_id is not None:

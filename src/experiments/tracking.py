@@ -10,6 +10,9 @@ from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 
+from experiments import store
+from experiments.cli import error_line
+from experiments.errors import Stopped
 from experiments.task import apply
 
 
@@ -20,14 +23,17 @@ def flatten(config: DictConfig) -> dict[str, object]:
 
 @contextmanager
 def start_run(config: DictConfig, run_name: str, choices: dict[str, str | None],
-              parent_run_id: str | None = None) -> Iterator[MLFlowLogger]:
-    """Open a run recording `config`, tagged with the config groups' choices (`choice.data`: mnist, ...),
-    nested under `parent_run_id` when given (a sweep's job); it ends FINISHED, or FAILED if the block raises."""
+              parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> Iterator[MLFlowLogger]:
+    """Open a run recording `config`, tagged with the config groups' choices (`choice.data`: mnist, ...) and
+    `tags`, nested under `parent_run_id` when given (a sweep's job). It ends FINISHED; KILLED when a signal
+    stops the block; FAILED if the block raises, with the error's line as its tag `error`."""
     tracking = config.tracking
     mlflow.set_tracking_uri(tracking.tracking_uri)
-    mlflow.set_experiment(tracking.experiment_name)
-    tags = {f"choice.{group}": str(option) for group, option in choices.items() if not group.startswith("hydra")}
-    with mlflow.start_run(run_name=run_name, tags=tags, parent_run_id=parent_run_id) as run:
+    mlflow.set_experiment(experiment_id=store.experiment_id(tracking.tracking_uri, tracking.experiment_name))
+    tags = {f"choice.{group}": str(option) for group, option in choices.items() if not group.startswith("hydra")} | (
+        tags or {})
+    run = mlflow.start_run(run_name=run_name, tags=tags, parent_run_id=parent_run_id)
+    try:
         mlflow.log_params(flatten(config))
         mlflow.log_text(OmegaConf.to_yaml(config, resolve=True), "config.yaml")
         yield MLFlowLogger(
@@ -39,6 +45,14 @@ def start_run(config: DictConfig, run_name: str, choices: dict[str, str | None],
             # epoch of REFERENCE.md A2 trains
             synchronous=False,
         )
+    except Stopped:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException as error:
+        mlflow.set_tag("error", error_line(error))
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run()
 
 
 def log_model(model: torch.nn.Module, input_example: torch.Tensor | tuple[torch.Tensor, ...]) -> None:

@@ -1,0 +1,69 @@
+"""The MLflow store: reachable, and safe for any number of processes opening it at the same moment.
+
+Only the standard library is imported here; MLflow loads when a store is first opened.
+"""
+import fcntl
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from experiments.errors import ConfigError
+
+SERVER_TIMEOUT_SECONDS = 5  # MLflow's own client retries an unreachable server for minutes
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The file of a `sqlite:///path` store; None for other stores."""
+    return Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith("sqlite:///") else None
+
+
+@contextmanager
+def one_process_at_a_time(tracking_uri: str) -> Iterator[None]:
+    """Hold an exclusive lock on the folder of a SQLite store (nothing for other stores).
+
+    MLflow creates a new SQLite store's tables, and an experiment, by checking then creating: two
+    processes doing so at once fail with `table experiments already exists` or a duplicate
+    experiment. SQLite's own locking covers the rows written afterwards (MLflow waits for a locked
+    file). The folder is locked, not the store's file, whose locks are SQLite's own, nor a lock file
+    of ours, which would be left beside the store.
+    """
+    path = sqlite_path(tracking_uri)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)  # released when closed, or when the process dies
+        yield
+    finally:
+        os.close(folder)
+
+
+def check_reachable(tracking_uri: str) -> None:
+    """A tracking server that does not answer is one line naming it, within seconds, before anything trains."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=SERVER_TIMEOUT_SECONDS).close()
+    except urllib.error.HTTPError:  # it answers (a proxy's or an authenticating server's refusal): MLflow says more
+        return
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise ConfigError(f"the MLflow tracking server {tracking_uri} cannot be reached ({reason}); start it "
+                          "(mlflow server ...) or set tracking.tracking_uri (or MLFLOW_TRACKING_URI) to a "
+                          "running one") from error
+
+
+def experiment_id(tracking_uri: str, experiment_name: str) -> str:
+    """The id of the experiment named so, creating the store and the experiment when missing."""
+    import mlflow
+
+    check_reachable(tracking_uri)
+    with one_process_at_a_time(tracking_uri):
+        client = mlflow.MlflowClient(tracking_uri)
+        experiment = client.get_experiment_by_name(experiment_name)
+        return experiment.experiment_id if experiment else client.create_experiment(experiment_name)

@@ -1,0 +1,128 @@
+"""Nothing lost: a failed job does not stop its sweep, a diverging run fails at its epoch, a signal ends
+a run KILLED, interrupted runs resume, the store survives concurrent commands, server trouble is one line."""
+import json
+import signal
+import time
+
+import pytest
+from conftest import QUIET, cli, start
+
+from test_sweeps import parent_and_children
+
+DIVERGING = ["data=house_prices", "optimizer=sgd", "scheduler=constant", *QUIET]  # lr=10: nan in epoch 1
+
+
+def test_a_sweep_with_a_bad_job_runs_the_others_then_fails(store, isolated):
+    result = cli("-m", "experiments", "-m", "data=circle", "model=cnn,mlp", "trainer.max_epochs=2", *QUIET)
+    assert result.returncode == 1, result.stderr
+    assert "error: job 0 (model=cnn) failed: model cnn expects input shape" in result.stderr
+    assert "error: 1 of the sweep's jobs failed" in result.stderr.splitlines()[-1]
+
+    parent, children = parent_and_children(store)
+    assert parent.info.status == "FAILED"
+    statuses = {child.info.run_name: child.info.status for child in children}
+    assert statuses == {"model=cnn": "FAILED", "model=mlp": "FINISHED"}, "the valid job ran after the bad one"
+    (cnn,) = [child for child in children if child.info.run_name == "model=cnn"]
+    assert cnn.data.tags["error"].startswith("model cnn expects input shape (1, 28, 28)")
+    assert cnn.data.tags["choice.model"] == "cnn"
+
+    summary = json.loads(open(store.download_artifacts(parent.info.run_id, "sweep/children.json")).read())
+    rows = [dict(zip(summary["columns"], row)) for row in summary["data"]]
+    assert [(row["model"], row["status"]) for row in rows] == [("cnn", "FAILED"), ("mlp", "FINISHED")]
+    assert rows[0]["error"] == cnn.data.tags["error"]
+    (mlp,) = [child for child in children if child.info.run_name == "model=mlp"]
+    assert parent.data.tags["best.run_id"] == mlp.info.run_id
+
+    # the console's end of the sweep: the jobs' table, the best job, the parent run and the summary's file
+    assert "sweep · 2 jobs · 1 failed" in result.stdout
+    assert f"best job: model=mlp (val/loss {mlp.data.metrics['val/loss']:.4g}, run {mlp.info.run_id})" in result.stdout
+    assert f"MLflow parent run {parent.info.run_id}" in result.stdout
+    (csv,) = isolated.glob("multirun/*/*/children.csv")
+    assert f"summary: {csv.relative_to(isolated)}" in result.stdout
+    assert "FAILED" in csv.read_text() and "model cnn expects input shape" in csv.read_text()
+
+
+def test_an_optuna_trial_that_fails_is_a_failed_trial_and_the_search_goes_on(store, isolated):
+    searches = isolated / "my_conf" / "hparams_search"
+    searches.mkdir(parents=True)
+    (searches / "some_bad_rates.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - mlp_circle\n"
+        "hydra:\n  sweeper:\n    params:\n      optimizer.lr: choice(-1.0, 0.01)\n")  # Adam rejects -1
+    result = cli("-m", "experiments", "hydra.searchpath=[file://my_conf]", "hparams_search=some_bad_rates",
+                 "hydra.sweeper.n_trials=6", "data.n_points=100", "trainer.max_epochs=2", *QUIET)
+    assert result.returncode == 1, result.stderr
+
+    parent, children = parent_and_children(store)
+    assert len(children) == 6, result.stderr
+    lr_of = {child.info.run_name: float(child.data.params["optimizer.lr"]) for child in children}
+    failed = {child.info.run_name for child in children if child.info.status == "FAILED"}
+    assert failed == {name for name, lr in lr_of.items() if lr < 0} and 0 < len(failed) < 6
+    assert all("Invalid learning rate" in c.data.tags["error"] for c in children if c.info.run_name in failed)
+    assert parent.info.status == "FAILED"
+
+    # the sweeper told the study each failed trial (Optuna's RDB storage cannot be read back: optuna 2.10
+    # needs an older alembic than MLflow's), and its best trial is the best finished child
+    assert (result.stdout + result.stderr).count("Failed experiment: ") == len(failed)
+    best = min((c for c in children if c.info.status == "FINISHED"), key=lambda c: c.data.metrics["val/loss"])
+    optuna_result = open(store.download_artifacts(parent.info.run_id, "sweep/optimization_results.yaml")).read()
+    assert f"best_value: {best.data.metrics['val/loss']}" in optuna_result
+
+
+def test_a_run_whose_loss_becomes_nan_fails_at_that_epoch_in_one_line(store):
+    result = cli("-m", "experiments", "optimizer.lr=10", "trainer.max_epochs=30", *DIVERGING)
+    assert result.returncode == 2
+    error = "error: training diverged: train/loss = nan at epoch 1 is not finite; try a lower optimizer.lr"
+    assert result.stderr.splitlines()[-1] == error
+
+    (run,) = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"] == error.removeprefix("error: ")
+    epochs = [m.value for m in store.get_metric_history(run.info.run_id, "epoch")]
+    assert max(epochs) == 1, "stopped in epoch 1, not after 30"
+    (loss,) = store.get_metric_history(run.info.run_id, "train/loss")  # epoch 0's, finite
+    assert loss.value < float("inf")
+
+
+def test_in_a_sweep_only_the_diverging_job_fails(store):
+    result = cli("-m", "experiments", "-m", "optimizer.lr=10,0.001", "trainer.max_epochs=3", *DIVERGING)
+    assert result.returncode == 1
+
+    parent, children = parent_and_children(store)
+    statuses = {child.info.run_name: child.info.status for child in children}
+    assert statuses == {"optimizer.lr=10": "FAILED", "optimizer.lr=0.001": "FINISHED"}
+    assert parent.info.status == "FAILED"
+
+
+def running_run(store, process, metric="train/loss"):
+    """Wait until `process` has a run in the store with `metric` recorded; that run."""
+    for _ in range(600):
+        assert process.poll() is None, process.communicate()[1]
+        experiment = store.get_experiment_by_name("experiments")
+        runs = store.search_runs([experiment.experiment_id]) if experiment else []
+        if runs and metric in runs[0].data.metrics:
+            return runs[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no run recorded {metric}")
+
+
+@pytest.mark.parametrize("signum, exit_code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_ends_the_run_killed_and_the_command_with_128_plus_its_number(store, signum, exit_code):
+    process = start("-m", "experiments", "data=circle", "trainer.max_epochs=100000", *QUIET)
+    run = running_run(store, process)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == exit_code, stderr
+    assert stderr.splitlines()[-1] == f"error: stopped by {signal.Signals(signum).name}"
+    assert store.get_run(run.info.run_id).info.status == "KILLED"
+
+
+def test_a_signal_in_a_sweep_ends_its_job_and_parent_killed(store):
+    process = start("-m", "experiments", "-m", "data=circle", "trainer.max_epochs=100000", "seed=0,1", *QUIET)
+    running_run(store, process)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+
+    assert process.returncode == 143
+    parent, (child,) = parent_and_children(store)  # the second job never started
+    assert (parent.info.status, child.info.status) == ("KILLED", "KILLED")
