@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
-SHOWN = ("train/loss", "val/loss")
+SHOWN = {"train/loss": "loss", "val/loss": "val_loss"}  # the metrics shown, and their names on the bar
 
 
 class EpochProgress(ProgressBar):
@@ -38,7 +38,7 @@ class EpochProgress(ProgressBar):
         self.first = self.reported = trainer.current_epoch  # a resumed run starts where it stopped
         self.total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
         if self.enabled and trainer.is_global_zero and sys.stderr.isatty():
-            self.bar = tqdm(total=self.total, initial=self.reported, desc="training", unit="epoch",
+            self.bar = tqdm(total=self.total, initial=self.reported, unit="epoch",
                             dynamic_ncols=True, leave=False, file=sys.stderr)
 
     # A finished epoch's metrics are complete only after every `on_train_epoch_end` hook (Lightning reduces
@@ -60,7 +60,7 @@ class EpochProgress(ProgressBar):
             return
         metrics = {name: float(trainer.callback_metrics[name]) for name in SHOWN if name in trainer.callback_metrics}
         if self.bar is not None:
-            self.bar.set_postfix({name: f"{value:.4g}" for name, value in metrics.items()}, refresh=False)
+            self.bar.set_postfix({SHOWN[name]: f"{value:.4g}" for name, value in metrics.items()}, refresh=False)
             self.bar.update(epochs)
             return
         now = time.monotonic()
