@@ -1,8 +1,7 @@
 """Config-driven neural-network experiments."""
-import sys
-
 from omegaconf import OmegaConf
 
-# `${terminal:}` in the configs: true when a person watches stderr (a progress bar is then welcome),
-# false in CI logs, pipes and files.
-OmegaConf.register_new_resolver("terminal", lambda: sys.stderr.isatty(), replace=True)
+# `${libraries_console_level:${hydra.verbose}}` in conf/config.yaml: the level of the libraries' lines that
+# reach the console: warnings and errors, or everything when Hydra is verbose (true, or a list of loggers).
+OmegaConf.register_new_resolver("libraries_console_level", lambda verbose: "NOTSET" if verbose else "WARNING",
+                                replace=True)

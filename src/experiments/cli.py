@@ -1,8 +1,11 @@
 """Command-line plumbing shared by the apps (`experiments`, `experiments.reproduce`, ...): bad input
 reported as one line, and override values checked against their types. Imports only Hydra and OmegaConf."""
+import logging
 import os
 import sys
+import warnings
 from contextlib import contextmanager
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -69,13 +72,32 @@ def reported_as_one_line():
         sys.exit(2)
 
 
+PACKAGE_DIR = str(Path(__file__).parent)
+DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+def log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python's warnings as records of the `py.warnings` logger, as `logging.captureWarnings` makes them, but a
+    dependency's deprecation notice at level INFO: it asks our dependencies' authors, not our users, to change
+    code, so it goes to the job's log file and not to the console (conf/config.yaml, hydra.job_logging)."""
+    notice = issubclass(category, DEPRECATIONS) and not filename.startswith(PACKAGE_DIR)
+    text = warnings.formatwarning(message, category, filename, lineno, line).rstrip()
+    logging.getLogger("py.warnings").log(logging.INFO if notice else logging.WARNING, "%s", text)
+
+
 def run_app(app) -> None:
-    """Run a Hydra app, printing bad input as one line, and a stop by SIGINT or SIGTERM as one line with
-    exit status 130 or 143 (the runs it stopped end KILLED).
+    """Run a Hydra app, printing bad input as one line, with the libraries' chatter in the job's log file,
+    and a stop by SIGINT or SIGTERM as one line with exit status 130 or 143 (the runs it stopped end KILLED).
 
     Hydra reports config errors over several lines; asked to raise them instead (HYDRA_FULL_ERROR),
     it lets us print one. A user who sets HYDRA_FULL_ERROR themselves gets Hydra's full report.
+    `-v` (or `--verbose`) is `hydra.verbose=true`: every library's lines on the console too.
     """
+    sys.argv = ["hydra.verbose=true" if arg in ("-v", "--verbose") else arg for arg in sys.argv]
+    # MLflow would give its loggers a console handler of their own when imported; this leaves them to the
+    # job's logging config, which sends their lines to the log file
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    warnings.showwarning = log_warning
     stop_on_signals()
     try:
         if "HYDRA_FULL_ERROR" in os.environ:

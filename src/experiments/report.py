@@ -1,9 +1,22 @@
-"""The results table printed at the end of a run."""
+"""What a run prints: its choices, the model summary, the results table and where the run and its files are."""
+import logging
+from pathlib import Path
+
 from lightning.pytorch.utilities.model_summary import ModelSummary
 from rich.console import Console
 from rich.table import Table
 
 from experiments.task import STAGES
+
+log = logging.getLogger(__name__)
+
+
+def log_choices(choices: dict[str, str | None], overrides: list[str]) -> None:
+    """One line with the option chosen in each config group, and the command line's other overrides."""
+    chosen = [f"{group}={option}" for group, option in reversed(choices.items())  # in the defaults list's order
+              if option is not None and not group.startswith("hydra")]
+    others = [override for override in overrides if override.split("=", 1)[0].lstrip("+~") not in choices]
+    log.info(" ".join(chosen) + (f" · overrides: {' '.join(others)}" if others else ""))
 
 
 def print_model_summary(task) -> str:
@@ -14,8 +27,10 @@ def print_model_summary(task) -> str:
     return summary
 
 
-def print_results(title: str, results: dict[str, float], run_id: str, ui_command: str) -> None:
-    """Loss and metrics per stage (a row each, a column per stage), then fit time and the MLflow run."""
+def print_results(title: str, results: dict[str, float], run_id: str, ui_command: str,
+                  output_dir: Path | None) -> None:
+    """Loss and metrics per stage (a row each, a column per stage), then fit time, the MLflow run and the
+    output folder with its files (these lines also go to the job's log file)."""
     names = dict.fromkeys(key.split("/", 1)[1] for key in results if key.split("/", 1)[0] in STAGES)
     stages = [stage for stage in STAGES if any(key.startswith(f"{stage}/") for key in results)]
     table = Table(title=title)
@@ -24,10 +39,14 @@ def print_results(title: str, results: dict[str, float], run_id: str, ui_command
         table.add_column(stage, justify="right")
     for name in names:
         table.add_row(name, *(f"{results[f'{s}/{name}']:.4g}" if f"{s}/{name}" in results else "" for s in stages))
-    console = Console()
-    console.print(table)
-    console.print(
-        f"fit time {results['time/fit_seconds']:.2f} s ({results['time/samples_per_second']:,.0f} samples/s)"
-        f" · MLflow run {run_id}\nOpen the MLflow UI on this store: {ui_command}",
-        soft_wrap=True,
-    )
+    Console().print(table)
+    log.info(f"fit time {results['time/fit_seconds']:.2f} s ({results['time/samples_per_second']:,.0f} samples/s)")
+    log.info(f"MLflow run {run_id} · open the MLflow UI on this store: {ui_command}")
+    if output_dir is not None:
+        files = sorted(path.name for path in output_dir.iterdir() if path.is_file())
+        log.info(f"Output folder: {shown(output_dir)}/ ({', '.join(files)})")
+
+
+def shown(path: Path) -> Path:
+    """`path` relative to the working directory when inside it (outputs/<date>/<time>), else as it is."""
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments import checkpoint, models, plots, sweep, tracking
 from experiments.errors import ConfigError
-from experiments.report import print_model_summary, print_results
+from experiments.report import log_choices, print_model_summary, print_results
 from experiments.task import Task, apply
 
 
@@ -98,13 +98,17 @@ def run(config: DictConfig) -> Result:
     task = Task(model, instantiate(config.loss), metrics, instantiate(config.optimizer), scheduler)
     check_one_batch(task, datamodule)
     task.example_input_array = datamodule.normalize(datamodule.train.head(2).inputs)
-    trainer = instantiate(config.trainer, logger=False)  # the first process adds MLflow's logger below
+    progress = [instantiate(config.progress)] if config.trainer.enable_progress_bar else []
+    callbacks = [*instantiate(config.trainer.get("callbacks") or []), *progress]
+    # the first process adds MLflow's logger below
+    trainer = instantiate(config.trainer, logger=False, callbacks=callbacks)
     check_launch(trainer)
     if not is_first_process(trainer):
         return Result(None, fit_and_test(trainer, task, datamodule), model, datamodule.preprocessing)
+    choices = HydraConfig.get().runtime.choices
+    log_choices(choices, HydraConfig.get().overrides.task)
     summary = print_model_summary(task)
 
-    choices = HydraConfig.get().runtime.choices
     job = sweep.current_job()
     run_name = config.tracking.run_name or (job and job.name) or f"{choices.data}-{choices.model}"
     with tracking.start_run(config, run_name, choices, job and job.parent_run_id,
@@ -130,5 +134,5 @@ def run(config: DictConfig) -> Result:
             log_model(saved)
 
     print_results(f"{choices.data} · {choices.model} · {trainer.current_epoch} epochs", results, logger.run_id,
-                  tracking.ui_command(config.tracking.tracking_uri))
+                  tracking.ui_command(config.tracking.tracking_uri), output_dir())
     return Result(logger.run_id, results, model, datamodule.preprocessing)
