@@ -1,4 +1,5 @@
 """One experiment run: build data, model and task from the config, train, test, track, report."""
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +10,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from omegaconf import DictConfig, OmegaConf
 
@@ -103,6 +105,13 @@ def run(config: DictConfig) -> Result:
     # the first process adds MLflow's logger below
     trainer = instantiate(config.trainer, logger=False, callbacks=callbacks)
     check_launch(trainer)
+    if isinstance(trainer.accelerator, CPUAccelerator):
+        # Importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1, so that looking for a GPU does not initialise
+        # CUDA (which a forked process could then not use). While CUDA is uninitialised, as it stays in a run on
+        # the CPU, torch then asks NVML for GPUs at every step of Adam (its graph-capture check): 0.17 ms a step
+        # with CUDA's torch on a machine without a GPU, more than a whole step of REFERENCE.md A2. A run on the
+        # CPU forks nothing that uses CUDA, so it goes without.
+        os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     if not is_first_process(trainer):
         return Result(None, fit_and_test(trainer, task, datamodule), model, datamodule.preprocessing)
     choices = HydraConfig.get().runtime.choices
@@ -116,7 +125,6 @@ def run(config: DictConfig) -> Result:
         mlflow.log_text(summary, "model_summary.txt")
         trainer.logger = logger
         results = fit_and_test(trainer, task, datamodule)
-        mlflow.flush_async_logging()  # the epochs' metrics are all in the store before the plots read them
         model.cpu()  # plots and the logged model's example run on the CPU, whatever trained it
         if hasattr(model, "diagnostics"):
             results |= {f"model/{name}": value for name, value in model.diagnostics().items()}
