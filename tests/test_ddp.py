@@ -18,13 +18,13 @@ def samples_seen(batches: TensorBatches) -> list[int]:
 def test_each_process_takes_its_own_shard_and_training_shards_are_equal():
     split = Split(torch.arange(7), torch.zeros(7))
     for shuffle in (True, False):
-        train = [TensorBatches(split, 2, shuffle, seed=0, rank=rank, world_size=2, equal_shards=True)
+        train = [TensorBatches(split, 2, shuffle, torch.Generator().manual_seed(0), rank=rank, world_size=2, equal_shards=True)
                  for rank in (0, 1)]
         first, second = samples_seen(train[0]), samples_seen(train[1])
         assert len(first) == len(second) == 4 and len(train[0]) == len(train[1]) == 2
         assert set(first) | set(second) == set(range(7)) and len(set(first) & set(second)) == 1  # one repeat pads
 
-    val = [samples_seen(TensorBatches(split, 2, False, seed=0, rank=rank, world_size=2)) for rank in (0, 1)]
+    val = [samples_seen(TensorBatches(split, 2, False, torch.Generator().manual_seed(0), rank=rank, world_size=2)) for rank in (0, 1)]
     assert sorted(val[0] + val[1]) == list(range(7)), "evaluation counts each sample once"
 
 

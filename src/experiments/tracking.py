@@ -1,5 +1,6 @@
 """MLflow tracking: one MLflow run per experiment run, read by Lightning's MLFlowLogger for the
 per-epoch metrics, and by MLflow's own API for params, config, timings and the model."""
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -13,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments import store
 from experiments.cli import error_line
 from experiments.errors import Stopped
+from experiments.resume import Interrupted
 from experiments.task import apply
 
 
@@ -21,28 +23,51 @@ def flatten(config: DictConfig) -> dict[str, object]:
     return pd.json_normalize(OmegaConf.to_container(config, resolve=True), sep=".").iloc[0].to_dict()
 
 
+class ResumedLogger(MLFlowLogger):
+    """Lightning's MLflow logger, for a resumed run: metric values at steps the run recorded before it
+    stopped are not sent again (the epochs after its last checkpoint train again)."""
+
+    def __init__(self, recorded_steps: dict[str, int], **options):
+        super().__init__(**options)
+        self.recorded_steps = recorded_steps
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        new = {key: value for key, value in metrics.items()
+               if step is None or step > self.recorded_steps.get(key, -1)}
+        if new:
+            super().log_metrics(new, step)
+
+
 @contextmanager
 def start_run(config: DictConfig, run_name: str, choices: dict[str, str | None],
-              parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> Iterator[MLFlowLogger]:
+              parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+              resumed: Interrupted | None = None) -> Iterator[MLFlowLogger]:
     """Open a run recording `config`, tagged with the config groups' choices (`choice.data`: mnist, ...) and
-    `tags`, nested under `parent_run_id` when given (a sweep's job). It ends FINISHED; KILLED when a signal
-    stops the block; FAILED if the block raises, with the error's line as its tag `error`."""
+    `tags`, nested under `parent_run_id` when given (a sweep's job), or reopen the `resumed` one. It ends
+    FINISHED; KILLED when a signal stops the block; FAILED if the block raises, with the error's line as
+    its tag `error`."""
     tracking = config.tracking
     mlflow.set_tracking_uri(tracking.tracking_uri)
     mlflow.set_experiment(experiment_id=store.experiment_id(tracking.tracking_uri, tracking.experiment_name))
     tags = {f"choice.{group}": str(option) for group, option in choices.items() if not group.startswith("hydra")} | (
         tags or {})
-    run = mlflow.start_run(run_name=run_name, tags=tags, parent_run_id=parent_run_id)
+    options = {"experiment_name": tracking.experiment_name, "tracking_uri": tracking.tracking_uri}
+    if resumed:
+        run = mlflow.start_run(run_id=resumed.run_id)
+        mlflow.set_tags(tags)
+        logger = ResumedLogger(resumed.recorded_steps, run_id=run.info.run_id, **options)
+    else:
+        run = mlflow.start_run(run_name=run_name, tags=tags, parent_run_id=parent_run_id)
+        logger = MLFlowLogger(run_id=run.info.run_id, **options)
     try:
-        mlflow.log_params(flatten(config))
-        mlflow.log_text(OmegaConf.to_yaml(config, resolve=True), "config.yaml")
-        yield MLFlowLogger(
-            experiment_name=tracking.experiment_name,
-            tracking_uri=tracking.tracking_uri,
-            run_id=run.info.run_id,
-        )
+        if not resumed:
+            mlflow.log_params(flatten(config))
+            mlflow.log_text(OmegaConf.to_yaml(config, resolve=True), "config.yaml")
+        yield logger
     except Stopped:
         mlflow.end_run("KILLED")
+        print(f"run {run.info.run_id} KILLED; continue it from its last checkpoint with: "
+              f"python -m experiments resume={run.info.run_id}", file=sys.stderr)
         raise
     except BaseException as error:
         mlflow.set_tag("error", error_line(error))

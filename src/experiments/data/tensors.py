@@ -41,11 +41,11 @@ class TensorBatches:
     counted twice.
     """
 
-    def __init__(self, split: Split, batch_size: int, shuffle: bool, seed: int,
+    def __init__(self, split: Split, batch_size: int, shuffle: bool, generator: torch.Generator,
                  rank: int = 0, world_size: int = 1, equal_shards: bool = False):
         self.split, self.batch_size, self.shuffle = split, batch_size, shuffle
         self.rank, self.world_size, self.equal_shards = rank, world_size, equal_shards
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = generator
 
     def _shard_size(self) -> int:
         n = len(self.split)
@@ -99,6 +99,7 @@ class TensorDataModule(L.LightningDataModule):
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.target_encoding = target_encoding
         self.scale, self.mean, self.std = scale, mean, std
+        self.batch_order = self.restored_batch_order = None  # the training batches' generator, its saved state
 
     @property
     def input_shape(self) -> tuple:
@@ -117,8 +118,21 @@ class TensorDataModule(L.LightningDataModule):
     def _batches(self, split: Split, training: bool) -> TensorBatches:
         trainer = self.trainer  # None until a Trainer runs this module (the one-batch check before a run)
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        return TensorBatches(split, self.batch_size, shuffle=self.shuffle and training, seed=self.seed,
+        generator = torch.Generator().manual_seed(self.seed)
+        if training:
+            self.batch_order = generator
+            if self.restored_batch_order is not None:  # a resumed run: continue the interrupted one's order
+                generator.set_state(self.restored_batch_order)
+        return TensorBatches(split, self.batch_size, shuffle=self.shuffle and training, generator=generator,
                              rank=rank, world_size=world_size, equal_shards=training)
+
+    def state_dict(self) -> dict:
+        """Saved in a run's checkpoints: the generator of the training batches' order."""
+        return {"batch_order": self.batch_order.get_state()} if self.batch_order is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restored when a run resumes, before Lightning asks for the training batches."""
+        self.restored_batch_order = state.get("batch_order")
 
     def train_dataloader(self):
         return self._batches(self.train, training=True)
