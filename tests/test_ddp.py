@@ -51,10 +51,12 @@ def test_ddp_run_is_one_mlflow_run_with_metrics_over_the_whole_split(isolated, s
 
 def test_ddp_inside_a_local_multirun_is_refused_in_one_line(isolated, store):
     result = cli("-m", "experiments", "-m", *DDP_ON_CPU, "optimizer.lr=0.1,0.01")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("error: trainer=ddp cannot start its processes")
-    (parent,) = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
-    assert parent.info.status == "FAILED", "the sweep's parent run is closed, with no child run"
+    assert result.returncode == 1
+    assert "error: job 0 (optimizer.lr=0.1) failed: trainer=ddp cannot start its processes" in result.stderr
+    runs = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
+    assert {run.info.status for run in runs} == {"FAILED"}, "the parent and each job's child closed FAILED"
+    assert len(runs) == 3 and all(run.data.tags["error"].startswith("trainer=ddp cannot") for run in runs
+                                  if "mlflow.parentRunId" in run.data.tags)
 
 
 def test_ddp_processes_started_by_slurm_make_one_mlflow_run(isolated, store):

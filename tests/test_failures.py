@@ -176,3 +176,13 @@ def test_two_sweeps_and_8_runs_started_at_once_into_one_new_store_are_all_record
     assert len(parents) == 2
     children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") in parents]
     assert sorted(child.info.run_name for child in children) == ["seed=10", "seed=11", "seed=20", "seed=21"]
+
+
+def test_an_unreachable_tracking_server_is_one_line_naming_it_before_any_training(store):
+    began = time.monotonic()
+    result = cli("-m", "experiments", "data=xor", "tracking=server", "tracking.tracking_uri=http://127.0.0.1:9", *QUIET)
+    assert time.monotonic() - began < 10
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith(
+        "error: the MLflow tracking server http://127.0.0.1:9 cannot be reached (")
+    assert "Epoch" not in result.stdout + result.stderr
