@@ -18,13 +18,13 @@ def samples_seen(batches: TensorBatches) -> list[int]:
 def test_each_process_takes_its_own_shard_and_training_shards_are_equal():
     split = Split(torch.arange(7), torch.zeros(7))
     for shuffle in (True, False):
-        train = [TensorBatches(split, 2, shuffle, seed=0, rank=rank, world_size=2, equal_shards=True)
+        train = [TensorBatches(split, 2, shuffle, torch.Generator().manual_seed(0), rank=rank, world_size=2, equal_shards=True)
                  for rank in (0, 1)]
         first, second = samples_seen(train[0]), samples_seen(train[1])
         assert len(first) == len(second) == 4 and train[0].batches_per_epoch == train[1].batches_per_epoch == 2
         assert set(first) | set(second) == set(range(7)) and len(set(first) & set(second)) == 1  # one repeat pads
 
-    val = [samples_seen(TensorBatches(split, 2, False, seed=0, rank=rank, world_size=2)) for rank in (0, 1)]
+    val = [samples_seen(TensorBatches(split, 2, False, torch.Generator().manual_seed(0), rank=rank, world_size=2)) for rank in (0, 1)]
     assert sorted(val[0] + val[1]) == list(range(7)), "evaluation counts each sample once"
 
 
@@ -51,10 +51,12 @@ def test_ddp_run_is_one_mlflow_run_with_metrics_over_the_whole_split(isolated, s
 
 def test_ddp_inside_a_local_multirun_is_refused_in_one_line(isolated, store):
     result = cli("-m", "experiments", "-m", *DDP_ON_CPU, "optimizer.lr=0.1,0.01")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("error: trainer=ddp cannot start its processes")
-    (parent,) = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
-    assert parent.info.status == "FAILED", "the sweep's parent run is closed, with no child run"
+    assert result.returncode == 1
+    assert "error: job 0 (optimizer.lr=0.1) failed: trainer=ddp cannot start its processes" in result.stderr
+    runs = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
+    assert {run.info.status for run in runs} == {"FAILED"}, "the parent and each job's child closed FAILED"
+    assert len(runs) == 3 and all(run.data.tags["error"].startswith("trainer=ddp cannot") for run in runs
+                                  if "mlflow.parentRunId" in run.data.tags)
 
 
 def test_ddp_processes_started_by_slurm_make_one_mlflow_run(isolated, store):

@@ -127,3 +127,63 @@ def test_a_signal_in_a_sweep_ends_its_job_and_parent_killed(store):
     assert process.returncode == 143
     parent, (child,) = parent_and_children(store)  # the second job never started
     assert (parent.info.status, child.info.status) == ("KILLED", "KILLED")
+
+
+def test_a_run_killed_by_sigkill_resumes_into_its_run_and_ends_as_if_never_stopped(store, isolated):
+    setting = ["data=circle", "data.n_points=200", "trainer.max_epochs=12", *QUIET]
+    assert cli("-m", "experiments", "tracking.experiment_name=uninterrupted", *setting).returncode == 0
+    process = start("-m", "experiments", *setting)
+    run = running_run(store, process, "val/loss")
+    while len(store.get_metric_history(run.info.run_id, "train/loss")) < 3:  # a few epochs in, then killed
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    assert store.get_run(run.info.run_id).info.status == "RUNNING", "a dead process's run stays RUNNING"
+    assert store.get_run(run.info.run_id).data.tags["process.pid"] == str(process.pid)
+
+    result = cli("-m", "experiments", f"resume={run.info.run_id}", *QUIET)
+    assert result.returncode == 0, result.stderr
+    resumed = store.get_run(run.info.run_id)
+    assert resumed.info.status == "FINISHED"
+    (uninterrupted,) = store.search_runs([store.get_experiment_by_name("uninterrupted").experiment_id])
+    for name in ("train/loss", "val/loss", "val/accuracy"):
+        assert resumed.data.metrics[name] == uninterrupted.data.metrics[name], name
+        steps = [m.step for m in store.get_metric_history(run.info.run_id, name)]
+        assert sorted(steps) == [m.step for m in store.get_metric_history(uninterrupted.info.run_id, name)]
+        assert len(steps) == 12, f"{name}: each epoch once"
+    assert len(store.search_runs([resumed.info.experiment_id])) == 1, "no second run"
+
+
+def test_resuming_a_finished_run_is_one_line(store):
+    assert cli("-m", "experiments", "data=xor", "trainer.max_epochs=1", *QUIET).returncode == 0
+    (run,) = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
+    result = cli("-m", "experiments", f"resume={run.info.run_id}")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == f"error: resume={run.info.run_id}: the run finished; there is nothing to resume"
+
+
+def test_two_sweeps_and_8_runs_started_at_once_into_one_new_store_are_all_recorded_and_nested(store):
+    tiny = ["data=xor", "trainer.max_epochs=1", *QUIET]
+    processes = [start("-m", "experiments", "-m", f"seed={sweep}0,{sweep}1", *tiny) for sweep in (1, 2)]
+    processes += [start("-m", "experiments", f"seed={seed}", *tiny) for seed in range(8)]
+    for process in processes:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr
+        assert "Callback" not in stderr and "database is locked" not in stderr
+
+    runs = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
+    assert len(runs) == 2 + 4 + 8 and {run.info.status for run in runs} == {"FINISHED"}
+    parents = {run.info.run_id: run for run in runs if run.info.run_name.startswith("sweep ")}
+    assert len(parents) == 2
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") in parents]
+    assert sorted(child.info.run_name for child in children) == ["seed=10", "seed=11", "seed=20", "seed=21"]
+
+
+def test_an_unreachable_tracking_server_is_one_line_naming_it_before_any_training(store):
+    began = time.monotonic()
+    result = cli("-m", "experiments", "data=xor", "tracking=server", "tracking.tracking_uri=http://127.0.0.1:9", *QUIET)
+    assert time.monotonic() - began < 10
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith(
+        "error: the MLflow tracking server http://127.0.0.1:9 cannot be reached (")
+    assert "Epoch" not in result.stdout + result.stderr

@@ -6,7 +6,7 @@ Only Hydra and OmegaConf load at start-up; torch, Lightning and MLflow load when
 import hydra
 from omegaconf import DictConfig
 
-from experiments import sweep
+from experiments import store, sweep
 from experiments.cli import check_override_types, reported_as_one_line, run_app
 from experiments.errors import ConfigError
 from experiments.ranges import check_ranges
@@ -16,6 +16,7 @@ def objective(config: DictConfig) -> float:
     """Run one experiment; the objective's final value."""
     check_override_types(config)
     check_ranges(config)
+    store.check_reachable(config.tracking.tracking_uri)  # in seconds, before torch and the data load
     from experiments.run import run  # the heavy imports (torch, Lightning, MLflow) start here
 
     metrics = run(config).metrics

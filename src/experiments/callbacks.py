@@ -1,7 +1,10 @@
 """Lightning callbacks the trainer config adds (`trainer.callbacks` in conf/trainer/default.yaml)."""
+import random
 import sys
 
-from lightning.pytorch.callbacks import EarlyStopping
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 from experiments.errors import Diverged
@@ -27,3 +30,24 @@ class StopOnDivergence(EarlyStopping):
                 f"past trainer.callbacks' divergence_threshold {self.divergence_threshold:g}")
             raise Diverged(f"training diverged: {self.monitor} = {value:g} at epoch {trainer.current_epoch} is "
                            f"{limit}; try a lower optimizer.lr")
+
+
+class RandomStates(Callback):
+    """Python's, NumPy's and torch's global random generators, saved in each checkpoint and restored on
+    resume, so that a resumed run draws what the uninterrupted run would (dropout, random init of lazy
+    layers). Lightning's checkpoint holds them only for its own fault-tolerant loops, not by default."""
+
+    def state_dict(self) -> dict:
+        # NumPy's key as a tensor: checkpoints load with weights_only, which refuses NumPy arrays
+        name, key, position, has_gauss, gauss = np.random.get_state()
+        return {"python": random.getstate(), "torch": torch.get_rng_state(),
+                "numpy": (name, torch.from_numpy(key.astype(np.int64)), position, has_gauss, gauss),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def load_state_dict(self, state: dict) -> None:
+        random.setstate(state["python"])
+        name, key, position, has_gauss, gauss = state["numpy"]
+        np.random.set_state((name, key.numpy().astype(np.uint32), position, has_gauss, gauss))
+        torch.set_rng_state(state["torch"])
+        if state["cuda"]:
+            torch.cuda.set_rng_state_all(state["cuda"])

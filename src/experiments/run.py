@@ -1,5 +1,6 @@
 """One experiment run: build data, model and task from the config, train, test, track, report."""
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import checkpoint, models, plots, sweep, tracking
+from experiments import checkpoint, models, plots, resume, sweep, tracking
 from experiments.errors import ConfigError
 from experiments.report import log_choices, print_model_summary, print_results
 from experiments.task import Task, apply
@@ -69,8 +70,9 @@ def check_launch(trainer: L.Trainer) -> None:
                           "command, or sweep on a cluster with hydra/launcher=slurm")
 
 
-def fit_and_test(trainer: L.Trainer, task: Task, datamodule) -> dict[str, float]:
-    """Train (or fit a closed-form model), validate and test; the final metrics and the fit's timings."""
+def fit_and_test(trainer: L.Trainer, task: Task, datamodule, resume_from: Path | None = None) -> dict[str, float]:
+    """Train (or fit a closed-form model), validate and test; the final metrics and the fit's timings.
+    `resume_from`: a checkpoint of an interrupted run, whose training this continues."""
     model = task.model
     start = time.perf_counter()
     if hasattr(model, "fit"):  # a closed-form model (the mean-image baseline): no optimizer, no epochs
@@ -78,8 +80,9 @@ def fit_and_test(trainer: L.Trainer, task: Task, datamodule) -> dict[str, float]
         fit_seconds, passes = time.perf_counter() - start, 1
         trainer.validate(task, datamodule=datamodule, verbose=False)
     else:
-        trainer.fit(task, datamodule=datamodule)
-        fit_seconds, passes = time.perf_counter() - start, trainer.current_epoch
+        first_epoch = torch.load(resume_from, map_location="cpu", weights_only=False)["epoch"] if resume_from else 0
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from)
+        fit_seconds, passes = time.perf_counter() - start, trainer.current_epoch - first_epoch
     results = {name: float(value) for name, value in trainer.callback_metrics.items()}
     if datamodule.test is not None:  # test replaces the trainer's metrics with its own
         trainer.test(task, datamodule=datamodule, verbose=False)
@@ -91,7 +94,11 @@ def fit_and_test(trainer: L.Trainer, task: Task, datamodule) -> dict[str, float]
 
 def run(config: DictConfig) -> Result:
     """Train and evaluate as `config` says, tracked in MLflow; print and return the final metrics.
-    In a run of several processes, the others train and evaluate only, and return no run id."""
+    In a run of several processes, the others train and evaluate only, and return no run id.
+    With `resume=<run id>`, continue that interrupted run instead, with its own config."""
+    resumed = resume.interrupted_run(config) if config.get("resume") else None
+    if resumed:
+        config = resumed.config
     L.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = instantiate(config.data)
     model = models.build(config.model, datamodule.input_shape, datamodule.num_outputs, datamodule.target_scale)
@@ -112,19 +119,24 @@ def run(config: DictConfig) -> Result:
         # with CUDA's torch on a machine without a GPU, more than a whole step of REFERENCE.md A2. A run on the
         # CPU forks nothing that uses CUDA, so it goes without.
         os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+    checkpoint_dir = resumed.checkpoint.parent if resumed else Path(output_dir() or tempfile.mkdtemp()) / "checkpoints"
+    for callback in trainer.checkpoint_callbacks:
+        callback.dirpath = callback.dirpath or str(checkpoint_dir)
+    resume_from = resumed and resumed.checkpoint
     if not is_first_process(trainer):
-        return Result(None, fit_and_test(trainer, task, datamodule), model, datamodule.preprocessing)
-    choices = HydraConfig.get().runtime.choices
+        return Result(None, fit_and_test(trainer, task, datamodule, resume_from), model, datamodule.preprocessing)
+    choices = resumed.choices if resumed else HydraConfig.get().runtime.choices
     log_choices(choices, HydraConfig.get().overrides.task)
     summary = print_model_summary(task)
 
     job = sweep.current_job()
-    run_name = config.tracking.run_name or (job and job.name) or f"{choices.data}-{choices.model}"
-    with tracking.start_run(config, run_name, choices, job and job.parent_run_id,
-                            {"sweep.job": str(job.number)} if job else None) as logger:
-        mlflow.log_text(summary, "model_summary.txt")
+    run_name = config.tracking.run_name or (job and job.name) or f"{choices['data']}-{choices['model']}"
+    tags = resume.process_tags(checkpoint_dir) | ({"sweep.job": str(job.number)} if job else {})
+    with tracking.start_run(config, run_name, choices, job and job.parent_run_id, tags, resumed) as logger:
+        if not resumed:
+            mlflow.log_text(summary, "model_summary.txt")
         trainer.logger = logger
-        results = fit_and_test(trainer, task, datamodule)
+        results = fit_and_test(trainer, task, datamodule, resume_from)
         model.cpu()  # plots and the logged model's example run on the CPU, whatever trained it
         if hasattr(model, "diagnostics"):
             results |= {f"model/{name}": value for name, value in model.diagnostics().items()}
@@ -141,6 +153,6 @@ def run(config: DictConfig) -> Result:
 
             log_model(saved)
 
-    print_results(f"{choices.data} · {choices.model} · {trainer.current_epoch} epochs", results, logger.run_id,
+    print_results(f"{choices['data']} · {choices['model']} · {trainer.current_epoch} epochs", results, logger.run_id,
                   tracking.ui_command(config.tracking.tracking_uri), output_dir())
     return Result(logger.run_id, results, model, datamodule.preprocessing)

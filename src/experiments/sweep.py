@@ -6,9 +6,9 @@ whether it runs in the launching process (basic launcher), in a worker (joblib) 
 machine (SLURM). When the sweep ends, the callback reads the children back from MLflow and logs
 their summary, the best child and the objective against each swept parameter on the parent.
 
-Parallel jobs can share the SQLite store: the parent is created before any job starts, so the
-store's tables exist before concurrent writers arrive, and MLflow waits for a locked SQLite file
-(its busy timeout is 20 s) instead of failing.
+A job that fails is recorded as a FAILED child with its error (`record_failed_job`, called by the app)
+and the sweep goes on; when all jobs ran, the parent ends FAILED and the command exits 1. Parallel jobs
+can share the SQLite store: experiments.store creates it one process at a time.
 
 Only Hydra and OmegaConf are imported here: Hydra instantiates callbacks for every command,
 `--help` included, so MLflow and matplotlib load only once a sweep starts or ends.

@@ -1,5 +1,6 @@
 """MLflow tracking: one MLflow run per experiment run, read by Lightning's MLFlowLogger for the
 per-epoch metrics, and by MLflow's own API for params, config, timings and the model."""
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments import store
 from experiments.cli import error_line
 from experiments.errors import Stopped
+from experiments.resume import Interrupted
 from experiments.task import apply
 
 
@@ -29,14 +31,18 @@ class EpochLogger(MLFlowLogger):
     for its SQLite commit, and still 1 ms through MLflow's asynchronous queue. The metrics held back are
     sent when the logger is saved or finalized, which Lightning does when training ends, however it ends.
     Finalizing leaves the run open: the run's context (start_run) ends it once its records are complete.
+    In a resumed run, values at steps the run recorded before it stopped (`recorded_steps`, the last step
+    per metric) are not sent again: the epochs after its last checkpoint train again.
     """
 
-    def __init__(self, *args, interval: float = 1.0, **kwargs):
+    def __init__(self, *args, recorded_steps: dict[str, int] | None = None, interval: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.interval, self.pending, self.sent = interval, {}, time.monotonic()
+        self.recorded_steps, self.interval = recorded_steps or {}, interval
+        self.pending, self.sent = {}, time.monotonic()
 
     def log_metrics(self, metrics, step=None) -> None:
-        self.pending.setdefault(step, {}).update(metrics)
+        new = {key: value for key, value in metrics.items() if step is None or step > self.recorded_steps.get(key, -1)}
+        self.pending.setdefault(step, {}).update(new)
         if time.monotonic() - self.sent >= self.interval:
             self.flush()
 
@@ -60,23 +66,34 @@ class EpochLogger(MLFlowLogger):
 
 @contextmanager
 def start_run(config: DictConfig, run_name: str, choices: dict[str, str | None],
-              parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> Iterator[MLFlowLogger]:
+              parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+              resumed: Interrupted | None = None) -> Iterator[MLFlowLogger]:
     """Open a run recording `config`, tagged with the config groups' choices (`choice.data`: mnist, ...) and
-    `tags`, nested under `parent_run_id` when given (a sweep's job). It ends FINISHED; KILLED when a signal
-    stops the block; FAILED if the block raises, with the error's line as its tag `error`."""
+    `tags`, nested under `parent_run_id` when given (a sweep's job), or reopen the `resumed` one. It ends
+    FINISHED; KILLED when a signal stops the block; FAILED if the block raises, with the error's line as
+    its tag `error`."""
     tracking = config.tracking
     mlflow.set_tracking_uri(tracking.tracking_uri)
     mlflow.set_experiment(experiment_id=store.experiment_id(tracking.tracking_uri, tracking.experiment_name))
     tags = {f"choice.{group}": str(option) for group, option in choices.items() if not group.startswith("hydra")} | (
         tags or {})
-    run = mlflow.start_run(run_name=run_name, tags=tags, parent_run_id=parent_run_id)
+    options = {"experiment_name": tracking.experiment_name, "tracking_uri": tracking.tracking_uri}
+    if resumed:
+        run = mlflow.start_run(run_id=resumed.run_id)
+        mlflow.set_tags(tags)
+        logger = EpochLogger(run_id=run.info.run_id, recorded_steps=resumed.recorded_steps, **options)
+    else:
+        run = mlflow.start_run(run_name=run_name, tags=tags, parent_run_id=parent_run_id)
+        logger = EpochLogger(run_id=run.info.run_id, **options)
     try:
-        mlflow.log_params(flatten(config))
-        mlflow.log_text(OmegaConf.to_yaml(config, resolve=True), "config.yaml")
-        yield EpochLogger(experiment_name=tracking.experiment_name, tracking_uri=tracking.tracking_uri,
-                          run_id=run.info.run_id)
+        if not resumed:
+            mlflow.log_params(flatten(config))
+            mlflow.log_text(OmegaConf.to_yaml(config, resolve=True), "config.yaml")
+        yield logger
     except Stopped:
         mlflow.end_run("KILLED")
+        print(f"run {run.info.run_id} KILLED; continue it from its last checkpoint with: "
+              f"python -m experiments resume={run.info.run_id}", file=sys.stderr)
         raise
     except BaseException as error:
         mlflow.set_tag("error", error_line(error))

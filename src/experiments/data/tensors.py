@@ -51,12 +51,12 @@ class TensorBatches:
     counted twice.
     """
 
-    def __init__(self, split: Split, batch_size: int, shuffle: bool, seed: int,
+    def __init__(self, split: Split, batch_size: int, shuffle: bool, generator: torch.Generator,
                  rank: int = 0, world_size: int = 1, equal_shards: bool = False, whole_epoch: bool = True):
         self.split, self.batch_size, self.shuffle = split, batch_size, shuffle
         self.rank, self.world_size, self.equal_shards = rank, world_size, equal_shards
         self.whole_epoch = whole_epoch
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = generator
 
     def _shard_size(self) -> int:
         n = len(self.split)
@@ -132,6 +132,7 @@ class TensorDataModule(L.LightningDataModule):
         self.target_encoding = target_encoding
         self.scale, self.mean, self.std = scale, mean, std
         self.on_device: dict[tuple[str, torch.device], Split] = {}
+        self.batch_order = self.restored_batch_order = None  # the training batches' generator, its saved state
 
     @property
     def input_shape(self) -> tuple:
@@ -154,10 +155,23 @@ class TensorDataModule(L.LightningDataModule):
         if trainer:
             device = trainer.strategy.root_device
             split = self.on_device.setdefault((name, device), split.to(device))
+        generator = torch.Generator().manual_seed(self.seed)
+        if training:
+            self.batch_order = generator
+            if self.restored_batch_order is not None:  # a resumed run: continue the interrupted one's order
+                generator.set_state(self.restored_batch_order)
         # Several processes (DDP) take a batch per step: DDP synchronises the gradients of one backward pass
         # per forward call of its wrapped module, which calls the step.
-        return TensorBatches(split, self.batch_size, shuffle=self.shuffle and training, seed=self.seed,
+        return TensorBatches(split, self.batch_size, shuffle=self.shuffle and training, generator=generator,
                              rank=rank, world_size=world_size, equal_shards=training, whole_epoch=world_size == 1)
+
+    def state_dict(self) -> dict:
+        """Saved in a run's checkpoints: the generator of the training batches' order."""
+        return {"batch_order": self.batch_order.get_state()} if self.batch_order is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restored when a run resumes, before Lightning asks for the training batches."""
+        self.restored_batch_order = state.get("batch_order")
 
     def train_dataloader(self):
         return self._batches("train", training=True)

@@ -1,0 +1,74 @@
+"""`python -m experiments resume=<run id>`: continue an interrupted run from its last checkpoint.
+
+Every run saves its full training state at the end of each epoch (ModelCheckpoint, conf/trainer/default.yaml)
+in `checkpoints/last.ckpt` of its output folder, and tags its MLflow run with that folder and the process
+training it (`checkpoint.dir`, `process.host`, `process.pid`). A run stopped by a signal ends KILLED; one whose
+process died (SIGKILL, a crash, a lost machine) stays RUNNING with a process that no longer exists. Either
+resumes into the same MLflow run, with the config it was started with.
+"""
+import os
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.errors import ConfigError
+
+CHECKPOINT = "last.ckpt"
+
+
+@dataclass
+class Interrupted:
+    run_id: str
+    run_name: str
+    config: DictConfig                  # the run's own config, as it started
+    checkpoint: Path
+    choices: dict[str, str]             # its config groups' options (tags choice.*)
+    recorded_steps: dict[str, int]      # each metric's last recorded step: resumed epochs are not logged twice
+
+
+def process_tags(checkpoint_dir: Path) -> dict[str, str]:
+    """Where a run keeps its checkpoints and which process trains it (to tell a dead run from a live one)."""
+    return {"checkpoint.dir": str(checkpoint_dir), "process.host": socket.gethostname(), "process.pid": str(os.getpid())}
+
+
+def is_alive(tags: dict[str, str]) -> bool:
+    """Whether the process a run's tags name still runs (on another machine: assumed so, as it cannot be told)."""
+    if tags.get("process.host") != socket.gethostname():
+        return "process.host" in tags
+    try:
+        os.kill(int(tags["process.pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def interrupted_run(config: DictConfig) -> Interrupted:
+    """The run `config.resume` names, checked to be resumable, with everything its resumption needs."""
+    run_id, tracking_uri = config.resume, config.tracking.tracking_uri
+    client = mlflow.MlflowClient(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as error:
+        raise ConfigError(f"resume={run_id}: no such run in the MLflow store {tracking_uri}") from error
+    tags = run.data.tags
+    if run.info.status == "FINISHED":
+        raise ConfigError(f"resume={run_id}: the run finished; there is nothing to resume")
+    if run.info.status == "RUNNING" and is_alive(tags):
+        raise ConfigError(f"resume={run_id}: the run is still training (process {tags.get('process.pid')} on "
+                          f"{tags.get('process.host')}); stop it first")
+    checkpoint = Path(tags.get("checkpoint.dir", "")) / CHECKPOINT
+    if "checkpoint.dir" not in tags or not checkpoint.is_file():
+        raise ConfigError(f"resume={run_id}: no checkpoint at {checkpoint} (one is saved at the end of each epoch: "
+                          "the run stopped before its first, or the folder was removed); start it again instead")
+    saved = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", tempfile.mkdtemp()))
+    saved.resume = run_id
+    recorded = {key: max(m.step for m in client.get_metric_history(run_id, key)) for key in run.data.metrics}
+    choices = {key.removeprefix("choice."): value for key, value in tags.items() if key.startswith("choice.")}
+    return Interrupted(run_id, run.info.run_name, saved, checkpoint, choices, recorded)
