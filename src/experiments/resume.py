@@ -1,6 +1,7 @@
 """`python -m experiments resume=<run id>`: continue an interrupted run from its last checkpoint.
 
-Every run saves its full training state at the end of each epoch (ModelCheckpoint, conf/trainer/default.yaml)
+Every run saves its full training state at the end of an epoch every second or so (callbacks.LastCheckpoint,
+conf/trainer/default.yaml)
 in `checkpoints/last.ckpt` of its output folder, and tags its MLflow run with that folder and the process
 training it (`checkpoint.dir`, `process.host`, `process.pid`). A run stopped by a signal ends KILLED; one whose
 process died (SIGKILL, a crash, a lost machine) stays RUNNING with a process that no longer exists. Either
@@ -65,7 +66,7 @@ def interrupted_run(config: DictConfig) -> Interrupted:
                           f"{tags.get('process.host')}); stop it first")
     checkpoint = Path(tags.get("checkpoint.dir", "")) / CHECKPOINT
     if "checkpoint.dir" not in tags or not checkpoint.is_file():
-        raise ConfigError(f"resume={run_id}: no checkpoint at {checkpoint} (one is saved at the end of each epoch: "
+        raise ConfigError(f"resume={run_id}: no checkpoint at {checkpoint} (one is saved at an epoch's end once a second has passed: "
                           "the run stopped before its first, or the folder was removed); start it again instead")
     saved = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", tempfile.mkdtemp()))
     saved.resume = run_id

@@ -29,7 +29,8 @@ class EpochLogger(MLFlowLogger):
 
     Each epoch sent on its own cost more than a whole epoch of REFERENCE.md A2 trains: some 10 ms waiting
     for its SQLite commit, and still 1 ms through MLflow's asynchronous queue. The metrics held back are
-    sent when the logger is saved or finalized, which Lightning does when training ends, however it ends.
+    sent when a checkpoint is saved and when the logger is saved or finalized, which Lightning does when
+    training ends, however it ends.
     Finalizing leaves the run open: the run's context (start_run) ends it once its records are complete.
     In a resumed run, values at steps the run recorded before it stopped (`recorded_steps`, the last step
     per metric) are not sent again: the epochs after its last checkpoint train again.
@@ -58,6 +59,10 @@ class EpochLogger(MLFlowLogger):
             self.experiment.log_batch(self.run_id, metrics=metrics)
 
     def save(self) -> None:
+        self.flush()
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        # a resumed run continues from its checkpoint: the epochs before it must all be in the store
         self.flush()
 
     def finalize(self, status: str = "success") -> None:
