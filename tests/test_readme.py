@@ -31,7 +31,7 @@ SKIPPED = {
 
 # trainer.max_epochs: enough optimizer steps for the one-cycle schedule even at one step an epoch
 LIMITS = {"trainer.max_epochs": 8, "data.limit": 512, "data.val_size": 128, "hydra.sweeper.n_trials": 2}
-SWEPT_VALUES = 2  # a sweep keeps its first values only
+SWEPT_VALUES = 2  # a sweep keeps the first 2 values of its first swept key, the first value of the others
 
 
 def readme_commands() -> list[str]:
@@ -94,8 +94,12 @@ def limited(tokens: list[str]) -> list[str]:
     single = [o.input_line for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
     with initialize_config_module("experiments.conf", version_base="1.3"):
         config = compose("config", overrides=single, return_hydra_config=True)
-    kept = [f"{o.key_or_group}={','.join(list(o.sweep_string_iterator())[:SWEPT_VALUES])}"
-            if o.is_sweep_override() else token for token, o in zip(overrides, parsed)]
+    kept, values = [], SWEPT_VALUES
+    for token, override in zip(overrides, parsed):
+        if override.is_sweep_override():
+            token = f"{override.key_or_group}={','.join(list(override.sweep_string_iterator())[:values])}"
+            values = 1
+        kept.append(token)
     for key, limit in LIMITS.items():
         value = OmegaConf.select(config, key, default="absent")
         if value is None or isinstance(value, int) and not isinstance(value, bool) and value > limit:
@@ -140,7 +144,7 @@ def test_readme_command_runs(command, request):
     if tokens[2] == "experiments.reproduce":  # all presets, as published, take many minutes
         if not any(token.startswith("presets=") for token in tokens):
             tokens.append("presets=[xor_mlp,xor_linear]")
-        tokens.append(f"overrides=[trainer.max_epochs={LIMITS['trainer.max_epochs']}]")
+        tokens.append(f"overrides=['trainer.max_epochs={LIMITS['trainer.max_epochs']}']")
     result = run(tokens, folder)
     assert result.returncode == 0, f"{shlex.join(tokens)}\n{result.stderr[-3000:]}"
     assert "Traceback" not in result.stderr and "error:" not in result.stderr, result.stderr
