@@ -68,24 +68,6 @@ def test_readme_commands_are_found():
         " ".join(command.split()[:3 if command.startswith("python") else 2]) for command in COMMANDS}
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A folder with a trained run (its id and model.pt) and the files the README's commands name."""
-    folder = tmp_path_factory.mktemp("readme")
-    result = cli("-m", "experiments", "data=xor", f"trainer.max_epochs={EPOCHS}", *QUIET, cwd=folder)
-    assert result.returncode == 0, result.stderr
-    run_id = re.search(r"MLflow run (\w+)", result.stdout).group(1)
-    (checkpoint,) = folder.glob("outputs/*/*/model.pt")
-    rng = np.random.default_rng(0)
-    rooms = rng.uniform(2, 8, 60)
-    pd.DataFrame({"rooms": rooms, "area": rng.uniform(30, 200, 60), "town": rng.choice(["a", "b"], 60),
-                  "price": 20_000 * rooms + rng.normal(0, 5_000, 60)}).to_csv(folder / "my.csv", index=False)
-    digits = next((SHARED_DATA / "mnist_csv").glob("*.csv"))
-    shutil.copy(digits, folder / "digits.csv")
-    shutil.copy(digits, folder / "my_digits.csv")
-    return folder, {"<MLflow run id>": run_id, "<id>": run_id, "outputs/.../model.pt": str(checkpoint)}
-
-
 def limited(tokens: list[str]) -> list[str]:
     """The command with small limits: epochs, images, trials where its config has them (its own value kept
     when smaller), and the first values of each sweep."""
