@@ -95,30 +95,41 @@ def run(tokens: list[str], cwd) -> subprocess.CompletedProcess:
     return cli(*tokens[1:], cwd=cwd)
 
 
+TABULAR_INPUTS = ("my.csv", "new_houses.csv")  # files of house rows, for a tabular model
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A folder with a trained image model (its run id and model.pt) and the files the README's commands name."""
+    """A folder with the files the README's commands name, and two trained runs to predict with: an image
+    model and a tabular one, each as its run id and model.pt."""
     folder = tmp_path_factory.mktemp("readme")
-    result = run(["python", "-m", "experiments", "model=linear", "data=mnist"], folder)
-    assert result.returncode == 0, result.stderr
-    run_id = re.search(r"MLflow run (\w+)", result.stdout).group(1)
-    (checkpoint,) = folder.glob("outputs/*/*/model.pt")
     rng = np.random.default_rng(0)
     rooms = rng.uniform(2, 8, 60)
-    pd.DataFrame({"rooms": rooms, "area": rng.uniform(30, 200, 60), "town": rng.choice(["a", "b"], 60),
-                  "price": 20_000 * rooms + rng.normal(0, 5_000, 60)}).to_csv(folder / "my.csv", index=False)
+    houses = pd.DataFrame({"rooms": rooms, "area": rng.uniform(30, 200, 60), "town": rng.choice(["a", "b"], 60),
+                           "price": 20_000 * rooms + rng.normal(0, 5_000, 60)})
+    houses.to_csv(folder / "my.csv", index=False)
+    houses.drop(columns="price").head(10).to_csv(folder / "new_houses.csv", index=False)
     digits = next((SHARED_DATA / "mnist_csv").glob("*.csv"))
     shutil.copy(digits, folder / "digits.csv")
     shutil.copy(digits, folder / "my_digits.csv")
-    return folder, {"<MLflow run id>": run_id, "<id>": run_id, "outputs/.../model.pt": str(checkpoint)}
+    runs = {}
+    for kind, overrides in {"image": ["model=linear", "data=mnist"],
+                            "tabular": ["data=csv", "data.path=my.csv", "data.target=price"]}.items():
+        result = run(["python", "-m", "experiments", *overrides], folder)
+        assert result.returncode == 0, result.stderr
+        run_id = re.search(r"MLflow run (\w+)", result.stdout).group(1)
+        output = re.search(r"Output folder: (\S+)/ ", result.stdout).group(1)
+        runs[kind] = {"<MLflow run id>": run_id, "<id>": run_id, "outputs/.../model.pt": f"{output}/model.pt"}
+    return folder, runs
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[shlex.join(shlex.split(c, comments=True)) for c in COMMANDS])
 def test_readme_command_runs(command, request):
     if skip_reason(command):
         pytest.skip(skip_reason(command))
-    folder, placeholders = request.getfixturevalue("trained")
-    for placeholder, value in placeholders.items():
+    folder, runs = request.getfixturevalue("trained")
+    tabular = any(f"input={name}" in command for name in TABULAR_INPUTS)
+    for placeholder, value in runs["tabular" if tabular else "image"].items():
         command = command.replace(placeholder, value)
     assert not re.search(r"<[^>]+>|\.\.\./", command), f"a placeholder the test cannot fill: {command}"
     tokens = shlex.split(command, comments=True)
