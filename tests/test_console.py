@@ -44,7 +44,8 @@ def test_a_run_prints_what_matters_and_logs_the_chatter(tmp_path):
     # no terminal, so progress lines: after the first epoch, then every 30 s (none here), and after the last
     progress = [line for line in lines if line.startswith("epoch ")]
     assert len(progress) == 2, progress
-    assert re.fullmatch(r"epoch 1/3 · train/loss [\d.]+ · val/loss [\d.]+ · 00:\d\d elapsed · 00:\d\d left", progress[0])
+    assert re.fullmatch(r"epoch 1/3 · train/loss [\d.]+ · val/loss [\d.]+ · 00:\d\d elapsed · 00:\d\d left",
+                        progress[0])
     assert re.fullmatch(r"epoch 3/3 · train/loss [\d.]+ · val/loss [\d.]+ · 00:\d\d elapsed", progress[1])
     assert "circle · mlp · 3 epochs" in result.stdout  # the results table
 

@@ -69,7 +69,7 @@ class EpochProgress(ProgressBar):
         self.last_line = now
         elapsed = now - self.start
         done = f"epoch {self.reported}" + (f"/{self.total}" if self.total else "")
-        left = (f" · {tqdm.format_interval(elapsed / (self.reported - self.first) * (self.total - self.reported))} left"
-                if self.total and not last else "")
+        seconds_left = elapsed / (self.reported - self.first) * (self.total - self.reported) if self.total else 0
+        left = f" · {tqdm.format_interval(seconds_left)} left" if self.total and not last else ""
         losses = "".join(f" · {name} {value:.4g}" for name, value in metrics.items())
         log.info(f"{done}{losses} · {tqdm.format_interval(elapsed)} elapsed{left}")
