@@ -62,6 +62,8 @@ class EpochProgress(ProgressBar):
         if self.bar is not None:
             self.bar.set_postfix({SHOWN[name]: f"{value:.4g}" for name, value in metrics.items()}, refresh=False)
             self.bar.update(epochs)
+            if last:  # drawn whatever tqdm's redraw interval says: a fast run's last update may come within it
+                self.bar.refresh()
             return
         now = time.monotonic()
         if not (last or self.reported == self.first + 1 or now - self.last_line >= self.interval):
