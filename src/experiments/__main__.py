@@ -6,8 +6,7 @@ Only Hydra and OmegaConf load at start-up; torch, Lightning and MLflow load when
 import hydra
 from omegaconf import DictConfig
 
-from experiments.cli import check_override_types, reported_as_one_line, run_app
-from experiments.errors import ConfigError
+from experiments.cli import check_override_types, objective_value, reported_as_one_line, run_app
 
 
 @hydra.main(config_path="pkg://experiments.conf", config_name="config", version_base="1.3")
@@ -17,11 +16,7 @@ def app(config: DictConfig) -> float:
         check_override_types(config)
         from experiments.run import run  # the heavy imports (torch, Lightning, MLflow) start here
 
-        metrics = run(config).metrics
-        if config.objective.metric not in metrics:
-            raise ConfigError(f"objective.metric={config.objective.metric} was not recorded; "
-                              f"recorded metrics: {', '.join(sorted(metrics))}")
-        return metrics[config.objective.metric]
+        return objective_value(config, run(config).metrics)
 
 
 def main() -> None:

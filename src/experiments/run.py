@@ -85,9 +85,8 @@ def fit_and_test(trainer: L.Trainer, task: Task, datamodule) -> dict[str, float]
     return results
 
 
-def run(config: DictConfig) -> Result:
-    """Train and evaluate as `config` says, tracked in MLflow; print and return the final metrics.
-    In a run of several processes, the others train and evaluate only, and return no run id."""
+def build(config: DictConfig) -> tuple[Task, L.LightningDataModule]:
+    """The seeded data module and task (model, loss, metrics, optimizer) of `config`, checked on one batch."""
     L.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = instantiate(config.data)
     model = instantiate(config.model, input_shape=datamodule.input_shape, num_outputs=datamodule.num_outputs)
@@ -96,6 +95,40 @@ def run(config: DictConfig) -> Result:
     task = Task(model, instantiate(config.loss), metrics, instantiate(config.optimizer), scheduler)
     check_one_batch(task, datamodule)
     task.example_input_array = datamodule.normalize(datamodule.train.head(2).inputs)
+    return task, datamodule
+
+
+def open_run(config: DictConfig):
+    """This job's MLflow run (a context manager giving Lightning's logger): named by the config, or in a
+    sweep by its swept values and nested under the sweep's parent run."""
+    choices = HydraConfig.get().runtime.choices
+    parent_run_id, child_name = sweep.job_parent() or (None, None)
+    run_name = config.tracking.run_name or child_name or f"{choices.data}-{choices.model}"
+    return tracking.start_run(config, run_name, choices, parent_run_id)
+
+
+def record(config: DictConfig, task: Task, datamodule, results: dict[str, float]) -> dict[str, float]:
+    """What a job records in its open MLflow run once trained: timings, model diagnostics, plots, the
+    dataset's extras, the MLflow model and model.pt; `results` (the final metrics) plus what it adds."""
+    model = task.model
+    model.cpu()  # plots and the logged model's example run on the CPU, whatever trained it
+    if hasattr(model, "diagnostics"):
+        results |= {f"model/{name}": value for name, value in model.diagnostics().items()}
+    mlflow.log_metrics({key: value for key, value in results.items() if key.split("/")[0] in ("time", "model")})
+    accuracy = task.metrics.get("accuracy")
+    plots.log_plots(mlflow.active_run().info.run_id, model, datamodule,
+                    accuracy.keywords["threshold"] if accuracy else 0.5, output_dir())
+    results |= datamodule.log_extras(model)
+    tracking.log_model(model, task.example_input_array)
+    checkpoint.save(config, model, datamodule, output_dir())
+    return results
+
+
+def run(config: DictConfig) -> Result:
+    """Train and evaluate as `config` says, tracked in MLflow; print and return the final metrics.
+    In a run of several processes, the others train and evaluate only, and return no run id."""
+    task, datamodule = build(config)
+    model = task.model
     trainer = instantiate(config.trainer, logger=False)  # the first process adds MLflow's logger below
     check_launch(trainer)
     if not is_first_process(trainer):
@@ -103,22 +136,10 @@ def run(config: DictConfig) -> Result:
     summary = print_model_summary(task)
 
     choices = HydraConfig.get().runtime.choices
-    parent_run_id, child_name = sweep.job_parent() or (None, None)
-    run_name = config.tracking.run_name or child_name or f"{choices.data}-{choices.model}"
-    with tracking.start_run(config, run_name, choices, parent_run_id) as logger:
+    with open_run(config) as logger:
         mlflow.log_text(summary, "model_summary.txt")
         trainer.logger = logger
-        results = fit_and_test(trainer, task, datamodule)
-        model.cpu()  # plots and the logged model's example run on the CPU, whatever trained it
-        if hasattr(model, "diagnostics"):
-            results |= {f"model/{name}": value for name, value in model.diagnostics().items()}
-        mlflow.log_metrics({key: value for key, value in results.items() if key.split("/")[0] in ("time", "model")})
-        accuracy = metrics.get("accuracy")
-        plots.log_plots(logger.run_id, model, datamodule, accuracy.keywords["threshold"] if accuracy else 0.5,
-                        output_dir())
-        results |= datamodule.log_extras(model)
-        tracking.log_model(model, task.example_input_array)
-        checkpoint.save(config, model, datamodule, output_dir())
+        results = record(config, task, datamodule, fit_and_test(trainer, task, datamodule))
 
     print_results(f"{choices.data} · {choices.model} · {trainer.current_epoch} epochs", results, logger.run_id,
                   tracking.ui_command(config.tracking.tracking_uri))
