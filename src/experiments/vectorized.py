@@ -45,6 +45,12 @@ FREE_KEYS = ("seed", "data.seed", "scheduler.max_lr", "tracking", "objective", "
 TRAINER_KEYS = {"_target_", "max_epochs", "max_steps", "check_val_every_n_epoch", "accelerator", "devices",
                 "num_nodes", "deterministic", "enable_progress_bar", "enable_model_summary", "enable_checkpointing",
                 "num_sanity_val_steps", "log_every_n_steps"}
+# Losses whose value is a mean over the batch's elements (with reduction="mean" and no class weights):
+# for these the sum of the jobs' losses, whose gradient gives each job its own, is the loss of all
+# the jobs' batches at once times the number of jobs, one call where others need a vmapped one
+# (E2's MLP: about 0.1 ms a step less, measured on this project's 2-core machine).
+MEAN_LOSSES = (torch.nn.MSELoss, torch.nn.L1Loss, torch.nn.SmoothL1Loss, torch.nn.HuberLoss, torch.nn.BCELoss,
+               torch.nn.BCEWithLogitsLoss, torch.nn.CrossEntropyLoss)
 EVAL_ROWS = 1024  # rows per forward when validating and testing, rounded to whole batches
 
 
@@ -298,7 +304,11 @@ class Group:
             start += len(members)
         self.model = copy.deepcopy(first.task.model).to("meta")  # the architecture; functional_call supplies weights
         self.forward = vmap(lambda params, inputs: functional_call(self.model, params, (inputs,)))
-        self.loss = vmap(self.task.loss)
+        loss = self.task.loss
+        if isinstance(loss, MEAN_LOSSES) and loss.reduction == "mean" and getattr(loss, "weight", None) is None:
+            self.summed_loss = lambda outputs, targets: loss(outputs.flatten(0, 1), targets.flatten(0, 1)) * len(jobs)
+        else:
+            self.summed_loss = lambda outputs, targets: vmap(loss)(outputs, targets).sum()
 
     def _optimizer_and_scheduler(self, total_steps: int):
         groups = [{"params": views, **task.optimizer.keywords} for views, _, _, task in self.slices]
@@ -369,7 +379,7 @@ class Group:
                 batch_outputs = self.forward(self.params, datamodule.normalize(inputs))
                 for tensor in self.params.values():
                     tensor.grad = None
-                self.loss(batch_outputs, batch_targets).sum().backward()  # each job's gradient: of its own loss
+                self.summed_loss(batch_outputs, batch_targets).backward()  # each job's gradient: of its own loss
                 for views, first, last, _ in self.slices:
                     for view, tensor in zip(views, self.params.values()):
                         view.grad = tensor.grad[first:last]
@@ -383,11 +393,13 @@ class Group:
             if (epoch + 1) % validate_every == 0:
                 values |= self._evaluate("val", val_inputs, val_targets)
             values = {name: value.cpu() for name, value in values.items()}
-            history.append(((epoch + 1) * steps - 1, values))
+            history.append(((epoch + 1) * steps - 1, values | {"epoch": torch.full((len(self.jobs),), epoch)}))
             latest |= values
         seconds = time.perf_counter() - start_time
-        if datamodule.test is not None:
-            latest |= {name: value.cpu() for name, value in self._evaluate("test", *self._data("test")).items()}
+        if datamodule.test is not None:  # logged at the step after the last, as Lightning's test logs it
+            tested = {name: value.cpu() for name, value in self._evaluate("test", *self._data("test")).items()}
+            history.append((epochs * steps, tested | {"epoch": torch.full((len(self.jobs),), epochs)}))
+            latest |= tested
         self._write_back()
         share = seconds / len(self.jobs)
         trained = {}
@@ -395,8 +407,8 @@ class Group:
             results = {name: float(value[position]) for name, value in latest.items()}
             results |= {"time/fit_seconds": share, "time/group_fit_seconds": seconds,
                         "time/samples_per_second": rows * epochs / share, "time/group_size": len(self.jobs)}
-            job_history = [(step, {name: float(value[position]) for name, value in logged.items()} | {"epoch": epoch})
-                           for epoch, (step, logged) in enumerate(history)]
+            job_history = [(step, {name: float(value[position]) for name, value in logged.items()})
+                           for step, logged in history]
             trained[job.index] = Trained(results, job_history, epochs, len(self.jobs))
         return [trained[job.index] for job in sorted(self.jobs, key=lambda job: job.index)]
 
