@@ -197,6 +197,14 @@ def free_memory(device: torch.device) -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
+def out_of_memory(error: Exception) -> bool:
+    """Whether training failed for want of memory (the GPU's, or the machine's)."""
+    if isinstance(error, torch.OutOfMemoryError):
+        torch.cuda.empty_cache()
+        return True
+    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+
+
 def split(jobs: list[Job], max_size: int) -> list[list[Job]]:
     """Jobs in as few groups of at most `max_size` as possible, of nearly equal sizes."""
     count = math.ceil(len(jobs) / max_size)
@@ -220,16 +228,19 @@ def plan(jobs: list[Job], max_group_size: int | None, memory_budget_mb: float | 
         share_data(members)
         device = members[0].trainer.strategy.root_device
         budget = memory_budget_mb * 2**20 if memory_budget_mb is not None else memory_fraction * free_memory(device)
-        fits = int(budget // bytes_per_job(members[0], shared=members[1].datamodule.train is members[0].datamodule.train))
+        shared = members[1].datamodule.train is members[0].datamodule.train
+        fits = int(budget // bytes_per_job(members[0], shared))
         size = min(fits, max_group_size or len(members))
         if size < 2:
             for job in members:
-                job.reason = "two jobs together exceed the memory budget"
+                job.reason = ("two jobs together exceed the memory budget" if fits < 2 else
+                              f"hydra.launcher.max_group_size={max_group_size}")
                 release(job)
             continue
         parts = split(members, size)
-        if fits < len(members):
-            notes.append(f"{len(members)} jobs split into {len(parts)} groups to fit the memory budget")
+        if len(parts) > 1:
+            limit = "the memory budget" if fits < len(members) else f"max_group_size={max_group_size}"
+            notes.append(f"{len(members)} jobs split into {len(parts)} groups to fit {limit}")
         groups += parts
     alone = [job for job in jobs if job.reason is not None]
     described = [f"#{numbers([job.index for job in group])} (differing in {differences(group)})" for group in groups]
@@ -371,11 +382,10 @@ class Group:
                 order = torch.stack([torch.randperm(rows, generator=g) for g in generators]).to(self.device)
             outputs, targets = [], []
             for start in range(0, rows, batch_size):
-                if order is None:
-                    inputs, batch_targets = train_inputs[:, start : start + batch_size], train_targets[:, start : start + batch_size]
-                else:
-                    index = order[:, start : start + batch_size]
-                    inputs, batch_targets = train_inputs[job_rows, index], train_targets[job_rows, index]
+                # stored order: a slice, which indexes without copying; else each job's own order
+                index = ((slice(None), slice(start, start + batch_size)) if order is None
+                         else (job_rows, order[:, start : start + batch_size]))
+                inputs, batch_targets = train_inputs[index], train_targets[index]
                 batch_outputs = self.forward(self.params, datamodule.normalize(inputs))
                 for tensor in self.params.values():
                     tensor.grad = None

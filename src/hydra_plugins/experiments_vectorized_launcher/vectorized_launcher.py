@@ -50,13 +50,21 @@ class VectorizedLauncher(Launcher):
                                               self.memory_fraction)
         log.info(line)
         returns: dict[int, JobReturn] = {}
-        for group in groups:
+        while groups:
+            group = groups.pop(0)
             try:
                 trained = vectorized.Group(group).train()
-            except Exception as error:  # noqa: BLE001 - the jobs still run, the ordinary way
-                log.info(f"vectorized: group #{vectorized.numbers([job.index for job in group])} could not train "
-                         f"as one program ({' '.join(str(error).split())[:200]}); its jobs run one by one")
-                alone += group
+            except Exception as error:  # noqa: BLE001 - the jobs still run: in halves, or the ordinary way
+                message = " ".join(str(error).split())[:200]
+                if vectorized.out_of_memory(error) and len(group) >= 4:
+                    halves = vectorized.split(group, (len(group) + 1) // 2)
+                    log.info(f"vectorized: group #{vectorized.numbers([job.index for job in group])} ran out of "
+                             f"memory ({message}); training it as {len(halves)} groups")
+                    groups[:0] = halves
+                else:
+                    log.info(f"vectorized: group #{vectorized.numbers([job.index for job in group])} could not "
+                             f"train as one program ({message}); its jobs run one by one")
+                    alone += group
                 continue
             for job, result in zip(group, trained):
                 returns[job.index] = self._run(job.config, recorder(job, result))
