@@ -114,7 +114,7 @@ def obstacle(config: DictConfig, task: Task, datamodule, trainer: L.Trainer) -> 
     other = sorted(set(config.trainer) - TRAINER_KEYS)
     if other:
         return f"trainer.{other[0]} is not followed by the vectorised loop"
-    if config.trainer.max_steps != -1:
+    if config.trainer.get("max_steps", -1) != -1:
         return "trainer.max_steps stops within an epoch; the vectorised loop trains whole epochs"
     if task.optimizer.func is torch.optim.LBFGS:
         return "LBFGS steps on all parameters at once, not elementwise"
