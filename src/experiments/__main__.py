@@ -7,8 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 from experiments import store, sweep
-from experiments.cli import check_override_types, reported_as_one_line, run_app
-from experiments.errors import ConfigError
+from experiments.cli import check_override_types, objective_value, reported_as_one_line, run_app
 from experiments.ranges import check_ranges
 
 
@@ -19,11 +18,7 @@ def objective(config: DictConfig) -> float:
     store.check_reachable(config.tracking.tracking_uri)  # in seconds, before torch and the data load
     from experiments.run import run  # the heavy imports (torch, Lightning, MLflow) start here
 
-    metrics = run(config).metrics
-    if config.objective.metric not in metrics:
-        raise ConfigError(f"objective.metric={config.objective.metric} was not recorded; "
-                          f"recorded metrics: {', '.join(sorted(metrics))}")
-    return metrics[config.objective.metric]
+    return objective_value(config, run(config).metrics)
 
 
 @hydra.main(config_path="pkg://experiments.conf", config_name="config", version_base="1.3")

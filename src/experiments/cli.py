@@ -40,6 +40,14 @@ def check_override_types(config: DictConfig) -> None:
             )
 
 
+def objective_value(config: DictConfig, metrics: dict[str, float]) -> float:
+    """The final value of the objective's metric: what the app returns for Hydra's sweepers to optimise."""
+    if config.objective.metric not in metrics:
+        raise ConfigError(f"objective.metric={config.objective.metric} was not recorded; "
+                          f"recorded metrics: {', '.join(sorted(metrics))}")
+    return metrics[config.objective.metric]
+
+
 def one_line(error: Exception) -> str:
     if isinstance(error, MissingConfigException) and error.options:
         group = error.missing_cfg_file.rsplit("/", 1)[0]

@@ -92,13 +92,8 @@ def fit_and_test(trainer: L.Trainer, task: Task, datamodule, resume_from: Path |
     return results
 
 
-def run(config: DictConfig) -> Result:
-    """Train and evaluate as `config` says, tracked in MLflow; print and return the final metrics.
-    In a run of several processes, the others train and evaluate only, and return no run id.
-    With `resume=<run id>`, continue that interrupted run instead, with its own config."""
-    resumed = resume.interrupted_run(config) if config.get("resume") else None
-    if resumed:
-        config = resumed.config
+def build(config: DictConfig) -> tuple[Task, L.LightningDataModule]:
+    """The seeded data module and task (model, loss, metrics, optimizer) of `config`, checked on one batch."""
     L.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = instantiate(config.data)
     model = models.build(config.model, datamodule.input_shape, datamodule.num_outputs, datamodule.target_scale)
@@ -107,6 +102,49 @@ def run(config: DictConfig) -> Result:
     task = Task(model, instantiate(config.loss), metrics, instantiate(config.optimizer), scheduler)
     check_one_batch(task, datamodule)
     task.example_input_array = datamodule.normalize(datamodule.train.head(2).inputs)
+    return task, datamodule
+
+
+def open_run(config: DictConfig, choices, tags: dict[str, str] | None = None, resumed=None):
+    """This job's MLflow run (a context manager giving Lightning's logger): named by the config, or in a
+    sweep by its swept values, nested under the sweep's parent run and tagged with its job number."""
+    job = sweep.current_job()
+    run_name = config.tracking.run_name or (job and job.name) or f"{choices['data']}-{choices['model']}"
+    tags = (tags or {}) | ({"sweep.job": str(job.number)} if job else {})
+    return tracking.start_run(config, run_name, choices, job and job.parent_run_id, tags, resumed)
+
+
+def record(config: DictConfig, task: Task, datamodule, results: dict[str, float]) -> dict[str, float]:
+    """What a job records in its open MLflow run once trained: timings, model diagnostics, plots, the
+    dataset's extras, model.pt and the MLflow model; `results` (the final metrics) plus what it adds."""
+    model = task.model
+    model.cpu()  # plots and the logged model's example run on the CPU, whatever trained it
+    if hasattr(model, "diagnostics"):
+        results |= {f"model/{name}": value for name, value in model.diagnostics().items()}
+    mlflow.log_metrics({key: value for key, value in results.items() if key.split("/")[0] in ("time", "model")})
+    accuracy = task.metrics.get("accuracy")
+    plots.log_plots(mlflow.active_run().info.run_id, model, datamodule,
+                    accuracy.keywords["threshold"] if accuracy else 0.5, output_dir())
+    results |= datamodule.log_extras(model)
+    saved = checkpoint.save(config, model, datamodule, output_dir())
+    if datamodule.preprocessing is None:
+        tracking.log_model(model, task.example_input_array)
+    else:  # raw rows in, through the run's preprocessing
+        from experiments.data.tabular import log_model
+
+        log_model(saved)
+    return results
+
+
+def run(config: DictConfig) -> Result:
+    """Train and evaluate as `config` says, tracked in MLflow; print and return the final metrics.
+    In a run of several processes, the others train and evaluate only, and return no run id.
+    With `resume=<run id>`, continue that interrupted run instead, with its own config."""
+    resumed = resume.interrupted_run(config) if config.get("resume") else None
+    if resumed:
+        config = resumed.config
+    task, datamodule = build(config)
+    model = task.model
     progress = [instantiate(config.progress)] if config.trainer.enable_progress_bar else []
     callbacks = [*instantiate(config.trainer.get("callbacks") or []), *progress]
     # the first process adds MLflow's logger below
@@ -129,29 +167,11 @@ def run(config: DictConfig) -> Result:
     log_choices(choices, HydraConfig.get().overrides.task)
     summary = print_model_summary(task)
 
-    job = sweep.current_job()
-    run_name = config.tracking.run_name or (job and job.name) or f"{choices['data']}-{choices['model']}"
-    tags = resume.process_tags(checkpoint_dir) | ({"sweep.job": str(job.number)} if job else {})
-    with tracking.start_run(config, run_name, choices, job and job.parent_run_id, tags, resumed) as logger:
+    with open_run(config, choices, resume.process_tags(checkpoint_dir), resumed) as logger:
         if not resumed:
             mlflow.log_text(summary, "model_summary.txt")
         trainer.logger = logger
-        results = fit_and_test(trainer, task, datamodule, resume_from)
-        model.cpu()  # plots and the logged model's example run on the CPU, whatever trained it
-        if hasattr(model, "diagnostics"):
-            results |= {f"model/{name}": value for name, value in model.diagnostics().items()}
-        mlflow.log_metrics({key: value for key, value in results.items() if key.split("/")[0] in ("time", "model")})
-        accuracy = metrics.get("accuracy")
-        plots.log_plots(logger.run_id, model, datamodule, accuracy.keywords["threshold"] if accuracy else 0.5,
-                        output_dir())
-        results |= datamodule.log_extras(model)
-        saved = checkpoint.save(config, model, datamodule, output_dir())
-        if datamodule.preprocessing is None:
-            tracking.log_model(model, task.example_input_array)
-        else:  # raw rows in, through the run's preprocessing
-            from experiments.data.tabular import log_model
-
-            log_model(saved)
+        results = record(config, task, datamodule, fit_and_test(trainer, task, datamodule, resume_from))
 
     print_results(f"{choices['data']} · {choices['model']} · {trainer.current_epoch} epochs", results, logger.run_id,
                   tracking.ui_command(config.tracking.tracking_uri), output_dir())

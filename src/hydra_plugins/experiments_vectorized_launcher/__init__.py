@@ -1,0 +1,1 @@
+"""hydra/launcher=vectorized (see vectorized_launcher.py)."""

@@ -1,0 +1,137 @@
+"""hydra/launcher=vectorized: jobs that differ only in seed, initialisation and optimizer numbers train as
+one program, and each job is still its own run with the same results as the job run alone."""
+import pytest
+import yaml
+from conftest import QUIET, cli
+from mlflow import MlflowClient
+
+VECTORIZED = ["-m", "experiments", "-m", "hydra/launcher=vectorized"]
+FINAL = ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "model/distinct_hidden_units")
+
+
+def children(client: MlflowClient) -> dict[str, object]:
+    """The sweep's child runs by name, after checking they hang under the one parent."""
+    runs = client.search_runs([client.get_experiment_by_name("experiments").experiment_id])
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    kids = {run.info.run_name: run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert len(kids) == len(runs) - 1
+    return kids
+
+
+def history(client: MlflowClient, run, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
+
+
+def assert_same_as_alone(args: list[str], isolated, grouped_line: str) -> dict:
+    """Run the sweep vectorised and one job after another (the basic launcher, each job a single run);
+    every job's final and per-epoch metrics agree within 1e-4 and it has every record a run has."""
+    result = cli(*VECTORIZED, *args, *QUIET)
+    assert result.returncode == 0, result.stderr
+    assert grouped_line in result.stdout + result.stderr
+    alone_uri = f"sqlite:///{isolated}/alone.db"
+    result = cli("-m", "experiments", "-m", *args, f"tracking.tracking_uri={alone_uri}", *QUIET)
+    assert result.returncode == 0, result.stderr
+
+    client, alone_client = MlflowClient(f"sqlite:///{isolated}/mlflow.db"), MlflowClient(alone_uri)
+    vectorized, alone = children(client), children(alone_client)
+    assert vectorized.keys() == alone.keys()
+    for name, run in vectorized.items():
+        single = alone[name]
+        assert run.info.status == "FINISHED"
+        for key in FINAL:
+            assert run.data.metrics[key] == pytest.approx(single.data.metrics[key], abs=1e-4), (name, key)
+        for key in ("train/loss", "val/accuracy"):  # per epoch, at the same steps
+            steps, values = zip(*history(client, run, key))
+            single_steps, single_values = zip(*history(alone_client, single, key))
+            assert steps == single_steps
+            assert values == pytest.approx(single_values, abs=1e-4)
+        assert run.data.params == single.data.params | {"tracking.tracking_uri": run.data.params["tracking.tracking_uri"]}
+        assert {tag: value for tag, value in run.data.tags.items() if tag.startswith("choice.")} == {
+            tag: value for tag, value in single.data.tags.items() if tag.startswith("choice.")}
+        assert {"time/fit_seconds", "time/group_fit_seconds", "time/samples_per_second"} <= run.data.metrics.keys()
+        assert run.data.metrics["time/fit_seconds"] < run.data.metrics["time/group_fit_seconds"]
+        artifacts = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "model.pt", "model_summary.txt", "plots"} <= artifacts
+        plots = {artifact.path for artifact in client.list_artifacts(run.info.run_id, "plots")}
+        assert plots == {"plots/loss_curves.png", "plots/decision_boundary.png"}
+        (model,) = client.search_logged_models([run.info.experiment_id],
+                                               filter_string=f"source_run_id = '{run.info.run_id}'")
+        assert model.name == "model"
+    return vectorized
+
+
+def test_a_seed_sweep_of_e2_trains_as_one_group_each_job_as_if_alone(isolated):
+    runs = assert_same_as_alone(["experiment=circle_tanh_mlp", "trainer.max_epochs=3", "seed=0,1,2"], isolated,
+                                "vectorized: 3 of 3 jobs in 1 group(s): #0-2 (differing in seed)")
+    assert len({run.data.metrics["train/loss"] for run in runs.values()}) == 3, "each seed its own data and init"
+    folder = sorted((isolated / "multirun").glob("*/*"))[0]  # the vectorised sweep's, the first of the two
+    for job in range(3):  # each job's own output folder, with its checkpoint, plots and Hydra's record
+        assert {"model.pt", "decision_boundary.png", ".hydra"} <= {path.name for path in (folder / str(job)).iterdir()}
+
+
+def test_a_learning_rate_sweep_of_sgd_and_adam_gives_each_job_its_own_rate(isolated):
+    # shuffled batches (each seed its own order) and the one-cycle schedule peaking at each job's rate
+    assert_same_as_alone(["optimizer=sgd,adam", "optimizer.lr=0.2,0.02", "data.n_points=300",
+                          "trainer.max_epochs=3"], isolated,
+                         "vectorized: 4 of 4 jobs in 2 group(s): #0-1 (differing in optimizer.lr), "
+                         "#2-3 (differing in optimizer.lr)")
+
+
+def test_the_symmetry_demo_keeps_zero_initialised_units_identical_in_every_seed(store):
+    result = cli(*VECTORIZED, "experiment=circle_zero_init,circle_random_init", "seed=0,1,2", *QUIET)
+    assert result.returncode == 0, result.stderr
+    # the two presets differ only in model.init: one group
+    assert "vectorized: 6 of 6 jobs in 1 group(s): #0-5 (differing in experiment, seed)" in result.stdout
+
+    runs = children(store).values()
+    units = {(run.data.tags["choice.experiment"], run.data.params["seed"]): run.data.metrics[
+        "model/distinct_hidden_units"] for run in runs}
+    assert units == {**{("circle_zero_init", seed): 1.0 for seed in "012"},
+                     **{("circle_random_init", seed): 8.0 for seed in "012"}}
+
+
+def test_a_job_that_fails_in_a_group_fails_alone_and_the_others_finish(store):
+    # SGD rejects a negative rate: those jobs run the ordinary way and fail there, as they would alone
+    result = cli(*VECTORIZED, "optimizer=sgd", "optimizer.lr=0.1,-1", "seed=0,1", "trainer.max_epochs=2",
+                 "data.n_points=100", *QUIET)
+    assert result.returncode != 0
+    line = next(line for line in result.stdout.splitlines() if "vectorized:" in line)
+    assert "2 of 4 jobs in 1 group(s): #0-1 (differing in seed); one by one: #2 (its optimizer rejects its " \
+           "settings (Invalid learning rate: -1" in line
+
+    runs = children(store)
+    assert sorted((name, run.info.status) for name, run in runs.items()) == [
+        ("optimizer.lr=-1,seed=0", "FAILED"), ("optimizer.lr=-1,seed=1", "FAILED"),
+        ("optimizer.lr=0.1,seed=0", "FINISHED"), ("optimizer.lr=0.1,seed=1", "FINISHED")]
+    (parent,) = [run for run in store.search_runs([runs["optimizer.lr=0.1,seed=0"].info.experiment_id])
+                 if "mlflow.parentRunId" not in run.data.tags]
+    assert parent.info.status != "RUNNING", "the parent run is ended"
+
+
+def test_a_group_too_large_for_the_memory_budget_is_split(store):
+    result = cli(*VECTORIZED, "seed=0,1,2,3", "trainer.max_epochs=1", "data.n_points=100",
+                 "hydra.launcher.memory_budget_mb=0.35", *QUIET)
+    assert result.returncode == 0, result.stderr
+    assert ("vectorized: 4 of 4 jobs in 2 group(s): #0-1 (differing in seed), #2-3 (differing in seed); "
+            "4 jobs split into 2 groups to fit the memory budget") in result.stdout
+    runs = children(store).values()
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    assert {run.data.metrics["time/group_size"] for run in runs} == {2.0}
+
+
+def test_an_optuna_search_through_the_launcher_is_one_group_per_batch_of_trials(store, isolated):
+    search = isolated / "my_conf" / "hparams_search"
+    search.mkdir(parents=True)
+    (search / "lr_circle.yaml").write_text(  # mlp_circle's search, one architecture, 4 trials a batch
+        "# @package _global_\n" + yaml.safe_dump({"defaults": ["mlp_circle", "_self_"], "hydra": {"sweeper": {
+            "n_trials": 4, "n_jobs": 4, "params": {"model.hidden_sizes": "choice([8])",
+                                                   "model.activation": "choice(tanh)"}}}}))
+    result = cli("-m", "experiments", f"hydra.searchpath=[file://{isolated}/my_conf]", "hparams_search=lr_circle",
+                 "hydra/launcher=vectorized", "data.n_points=100", "trainer.max_epochs=2", *QUIET)
+    assert result.returncode == 0, result.stderr
+    assert "vectorized: 4 of 4 jobs in 1 group(s): #0-3 (differing in optimizer.lr)" in result.stdout
+
+    runs = children(store).values()
+    best = min(runs, key=lambda run: run.data.metrics["val/loss"])
+    (results_file,) = (isolated / "multirun").glob("*/*/optimization_results.yaml")
+    assert yaml.safe_load(results_file.read_text())["best_value"] == best.data.metrics["val/loss"]
