@@ -156,13 +156,15 @@ class Task(L.LightningModule):
             values[f"{stage}/{name}"] = metric.compute()  # over every process's samples already
             metric.reset()
         # The values are final, the same in every process: they go to the callbacks (callback_metrics, which
-        # EarlyStopping and ModelCheckpoint read) and to the logger (the first process's) directly, at the
-        # optimizer step reached. Through self.log, whose collection updates a torchmetrics Metric per value,
-        # they cost 0.9 ms a stage an epoch: a fifth of REFERENCE.md A2's fit.
+        # EarlyStopping and ModelCheckpoint read) and to the logger (the first process's) directly. Through
+        # self.log, whose collection updates a torchmetrics Metric per value, they cost 0.9 ms a stage an
+        # epoch: a fifth of REFERENCE.md A2's fit. The step is Lightning's: an epoch's values at its last
+        # optimizer step (counted from 0), a test's after the last.
         self.trainer.callback_metrics.update(values)
         if self.logger is not None:
+            step = self.trainer.global_step - (stage != "test")
             self.logger.log_metrics({name: float(value) for name, value in values.items()}
-                                    | {"epoch": self.current_epoch}, step=self.trainer.global_step)
+                                    | {"epoch": self.current_epoch}, step=step)
 
     def on_train_epoch_end(self):
         self._log_epoch("train")
