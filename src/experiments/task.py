@@ -55,8 +55,9 @@ class Task(L.LightningModule):
 
     A step gets a list of batches (in a single process the whole epoch's, see data/tensors.py) and trains on
     them in turn with manual optimization: the arithmetic of Lightning's automatic optimization (zero_grad,
-    forward, backward, optimizer step, then the scheduler's step), through Lightning's manual_backward and
-    optimizer wrapper so that precision plugins, DDP and the optimizer hooks of callbacks still apply.
+    forward, backward, optimizer step, then the scheduler's step), through Lightning's optimizer wrapper and
+    manual_backward (or loss.backward() where that does the same, see on_fit_start), so that precision
+    plugins, DDP and the hooks of callbacks still apply.
     Lightning's per-step work then runs once an epoch: on REFERENCE.md E2's 50,000 tiny steps it cost 20
     times the training itself (scripts/benchmark.py compares with a plain PyTorch loop).
 
