@@ -6,6 +6,7 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torchmetrics import Metric
 
@@ -159,11 +160,11 @@ class Task(L.LightningModule):
         # The values are final, the same in every process: they go to the callbacks (callback_metrics, which
         # EarlyStopping and ModelCheckpoint read) and to the logger (the first process's) directly. Through
         # self.log, whose collection updates a torchmetrics Metric per value, they cost 0.9 ms a stage an
-        # epoch: a fifth of REFERENCE.md A2's fit. The step is Lightning's: an epoch's values at its last
-        # optimizer step (counted from 0), a test's after the last.
+        # epoch: a fifth of REFERENCE.md A2's fit. The step is Lightning's: while fitting, an epoch's values at
+        # its last optimizer step (counted from 0); a test's, or a validation's outside fitting, after the last.
         self.trainer.callback_metrics.update(values)
         if self.logger is not None:
-            step = self.trainer.global_step - (stage != "test")
+            step = max(self.trainer.global_step - (self.trainer.state.fn == TrainerFn.FITTING), 0)
             self.logger.log_metrics({name: float(value) for name, value in values.items()}
                                     | {"epoch": self.current_epoch}, step=step)
 
