@@ -22,7 +22,7 @@ RUN = ("-m", "experiments", "trainer.max_epochs=3")  # circle, one-cycle over 3 
 
 
 def output_folder(stdout: str, cwd: Path) -> Path:
-    match = re.search(r"^Output folder: (outputs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d)/ \((.*)\)$", stdout, re.MULTILINE)
+    match = re.search(r"^Output folder: (outputs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-\d{6})/ \((.*)\)$", stdout, re.MULTILINE)
     assert match, stdout
     folder = cwd / match.group(1)
     assert folder.is_dir()
