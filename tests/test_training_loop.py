@@ -7,6 +7,7 @@ from hydra.utils import instantiate
 
 from conftest import QUIET
 from experiments.api import compose_config, run_experiment
+from experiments.errors import ConfigError
 from experiments.task import apply
 
 
@@ -58,3 +59,32 @@ def test_max_steps_stops_inside_an_epoch(store):
     (run,) = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
     assert [m.step for m in store.get_metric_history(run.info.run_id, "train/loss")] == [24]  # from 0, as Lightning
     assert result.metrics["time/samples_per_second"] > 0
+
+
+def metric_history(store, run_id: str, key: str) -> list[float]:
+    return [m.value for m in sorted(store.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def test_compiled_epochs_log_the_standard_paths_metrics(store, tmp_path, monkeypatch):
+    # REFERENCE.md A2's workload, shortened: 4 batches an epoch (the compiled program unrolls them), 20 epochs
+    overrides = ["experiment=house_prices_linear", "data.batch_size=128", "trainer.max_epochs=20", *QUIET]
+    standard = run_experiment(overrides)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "elsewhere"))  # restored after the test
+    cache = tmp_path / "compiled"
+    compiled = run_experiment([*overrides, "trainer=compiled", f"trainer.callbacks.compiled_epochs.cache_dir={cache}"])
+
+    assert metric_history(store, compiled.run_id, "train/loss") == pytest.approx(
+        metric_history(store, standard.run_id, "train/loss"), rel=1e-4)
+    for name in ("val/mse", "val/r2", "train/loss"):
+        assert compiled.metrics[name] == pytest.approx(standard.metrics[name], rel=1e-4)
+    logged = store.get_run(compiled.run_id).data.metrics
+    assert logged["time/compile_seconds"] > 0 and logged["time/fit_seconds"] > 0
+    assert "time/compile_seconds" not in store.get_run(standard.run_id).data.metrics
+    assert any(path.is_file() for path in cache.rglob("*"))  # the programs, for the next run of these shapes
+
+
+def test_compiled_epochs_refuse_a_schedule(store):
+    with pytest.raises(ConfigError, match=r"trainer=compiled needs a constant learning rate \(scheduler=constant\)"):
+        run_experiment(["data=circle", "trainer=compiled", "scheduler=one_cycle", "trainer.max_epochs=1", *QUIET])
+    (run,) = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
+    assert run.info.status == "FAILED"

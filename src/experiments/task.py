@@ -1,9 +1,11 @@
 """The Lightning task: a model, a loss, metrics and an optimizer, all built from config."""
+import functools
 import inspect
 from collections.abc import Callable
 
 import lightning as L
 import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.trainer.states import TrainerFn
@@ -15,7 +17,7 @@ from experiments.errors import ConfigError
 from experiments.models.target_scale import TargetScaled
 
 STAGES = ("train", "val", "test")
-BACKWARD_HOOKS = ("on_before_backward", "on_after_backward")
+STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 
 
 def apply(model: torch.nn.Module, inputs) -> torch.Tensor:
@@ -35,6 +37,22 @@ def predict(
         outputs = torch.cat([apply(model, take(inputs, slice(i, i + batch_size))) for i in range(0, n, batch_size)])
     model.train(training)
     return outputs
+
+
+def plain_partial(function: Callable) -> Callable:
+    """A Hydra `_partial_` function (a metric, a loss) as a plain functools.partial of the same function and
+    arguments. Hydra's partials check its target policy again at every call, 0.2 ms each: ten times an
+    accuracy over an epoch of REFERENCE.md E2. Their targets were checked when the config was instantiated."""
+    if isinstance(function, functools.partial) and type(function) is not functools.partial:
+        return functools.partial(function.func, *function.args, **function.keywords)
+    return function
+
+
+def count_step(optimizer: LightningOptimizer) -> None:
+    """Count an optimizer step taken without Lightning's optimizer wrapper, as the wrapper's step does (its
+    manual-optimization loop's progress, from which trainer.global_step is read, and the profiler's span)."""
+    optimizer._on_before_step()
+    optimizer._on_after_step()
 
 
 class EpochOutputs:
@@ -78,8 +96,8 @@ class Task(L.LightningModule):
     ):
         super().__init__()
         self.automatic_optimization = False
-        self.model, self.loss, self.optimizer, self.scheduler = model, loss, optimizer, scheduler
-        self.metrics = {name: metric for name, metric in metrics.items() if not isinstance(metric, Metric)}
+        self.model, self.loss, self.optimizer, self.scheduler = model, plain_partial(loss), optimizer, scheduler
+        self.metrics = {name: plain_partial(metric) for name, metric in metrics.items() if not isinstance(metric, Metric)}
         # Submodules, so they move to the model's device; "<stage>_metrics" as "train" is a Module method.
         self.epoch_metrics = torch.nn.ModuleDict({
             f"{stage}_metrics": torch.nn.ModuleDict(
@@ -87,39 +105,60 @@ class Task(L.LightningModule):
             for stage in STAGES
         })
         self.epoch_outputs = {stage: EpochOutputs() for stage in STAGES}
+        self.compiled_epoch = None  # trainer=compiled: the epoch as one compiled program (compiled.py)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         return self.model(*inputs)
 
     def on_fit_start(self):
-        """Choose how to run the backward pass. Lightning's manual_backward calls the precision plugin, the
-        strategy and four hooks around loss.backward(); on REFERENCE.md E2's steps that added a third to the
-        step's time. They do nothing in one process at full precision when no callback (and not this module)
-        implements a backward hook, so then the step calls loss.backward() itself."""
+        """Choose how to run the backward pass and the optimizer's step. Lightning's manual_backward and its
+        optimizer wrapper's step call the precision plugin, the strategy and five hooks around loss.backward()
+        and optimizer.step(); on REFERENCE.md E2's steps that doubled the step's time. They do nothing in one
+        process at full precision when no callback (and not this module) implements one of those hooks, so then
+        the step calls loss.backward() and the optimizer's step itself."""
+        self.plain_steps = self.steps_can_be_plain()
+
+    def steps_can_be_plain(self) -> bool:
+        """Whether Lightning's backward and optimizer step come to loss.backward() and the optimizer's step (see
+        on_fit_start): one process at full precision, and no step hooks."""
         trainer = self.trainer
-        self.plain_backward = (
+        return (
             type(trainer.precision_plugin) is Precision and isinstance(trainer.strategy, SingleDeviceStrategy)
             and not any(is_overridden(hook, callback, L.Callback) for callback in trainer.callbacks
-                        for hook in BACKWARD_HOOKS)
-            and not any(is_overridden(hook, self, L.LightningModule) for hook in BACKWARD_HOOKS)
+                        for hook in STEP_HOOKS)
+            and not any(is_overridden(hook, self, L.LightningModule) for hook in STEP_HOOKS)
         )
+
+    def losses(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss recorded, in the target's units, and the loss optimised: the same, except for a model that
+        scales its outputs to the target's units, which is optimised on the standardised scale
+        (models/target_scale.py)."""
+        loss = self.loss(outputs, targets)
+        if isinstance(self.model, TargetScaled):
+            return loss, self.loss(self.model.standardise(outputs), self.model.standardise(targets))
+        return loss, loss
 
     def training_step(self, batches, batch_idx):
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         max_steps, record = self.trainer.max_steps, self.epoch_outputs["train"]
+        if self.compiled_epoch is not None:
+            batches = list(batches)  # the program takes the epoch's tensors at once
+        if self.compiled_epoch is not None and (max_steps == -1 or self.trainer.global_step + len(batches) <= max_steps):
+            for (_, targets), outputs, loss in zip(batches, *self.compiled_epoch(batches)):
+                record.add(outputs, targets, loss)
+                count_step(optimizer)
+            return
         for inputs, targets in batches:
             outputs = apply(self.model, inputs)
-            loss = self.loss(outputs, targets)
-            # recorded in the target's units; a model that scales its outputs to them is optimised on the
-            # standardised scale (models/target_scale.py)
-            optimised = (self.loss(self.model.standardise(outputs), self.model.standardise(targets))
-                         if isinstance(self.model, TargetScaled) else loss)
+            loss, optimised = self.losses(outputs, targets)
             optimizer.zero_grad()
-            if self.plain_backward:
+            if self.plain_steps:  # what manual_backward and the wrapper's step come to here (on_fit_start)
                 optimised.backward()
+                optimizer.optimizer.step()
+                count_step(optimizer)
             else:
                 self.manual_backward(optimised)
-            optimizer.step()
+                optimizer.step()
             if scheduler is not None:
                 scheduler.step()
             record.add(outputs, targets, loss)

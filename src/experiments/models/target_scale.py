@@ -5,7 +5,7 @@ learns the target standardised on the training rows, and a fixed last layer, `ou
 (buffers, saved with the weights, never trained), scales its outputs back. The scaling lives in
 the model rather than in the data module so that every path that runs the model (metrics, plots,
 `model.pt`, `experiments.predict`, the MLflow model) gives the target's units without knowing about
-it. The optimizer minimises the loss on the standardised scale (`standardise`, see Task._step), so
+it. The optimizer minimises the loss on the standardised scale (`standardise`, see Task.losses), so
 its steps, weight decay and clipping do not depend on the units either; the logged loss stays in
 the target's units.
 """
