@@ -82,13 +82,18 @@ def reported_as_one_line():
 
 PACKAGE_DIR = str(Path(__file__).parent)
 DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+# Other warnings of our dependencies that ask nothing of our users: Lightning's hint to start the command
+# with srun wherever SLURM is installed (a job sent by hydra/launcher=slurm already runs under srun)
+NOT_FOR_USERS = ("The `srun` command is available on your system but is not used",)
 
 
 def log_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Python's warnings as records of the `py.warnings` logger, as `logging.captureWarnings` makes them, but a
-    dependency's deprecation notice at level INFO: it asks our dependencies' authors, not our users, to change
-    code, so it goes to the job's log file and not to the console (conf/config.yaml, hydra.job_logging)."""
-    notice = issubclass(category, DEPRECATIONS) and not filename.startswith(PACKAGE_DIR)
+    dependency's deprecation notice (or one of NOT_FOR_USERS) at level INFO: it asks our dependencies' authors,
+    not our users, to change code, so it goes to the job's log file and not to the console (conf/config.yaml,
+    hydra.job_logging)."""
+    notice = (issubclass(category, DEPRECATIONS) and not filename.startswith(PACKAGE_DIR)
+              or str(message).startswith(NOT_FOR_USERS))
     text = warnings.formatwarning(message, category, filename, lineno, line).rstrip()
     logging.getLogger("py.warnings").log(logging.INFO if notice else logging.WARNING, "%s", text)
 
@@ -105,6 +110,8 @@ def run_app(app) -> None:
     # MLflow would give its loggers a console handler of their own when imported; this leaves them to the
     # job's logging config, which sends their lines to the log file
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    # nor draw a progress bar on the console for each artifact it copies (a tabular run's model.pt, twice)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     warnings.showwarning = log_warning
     stop_on_signals()
     try:

@@ -94,6 +94,9 @@ class CompiledEpochs(L.Callback):
         if problems:
             raise ConfigError(f"trainer=compiled needs {' and '.join(problems)}; "
                               "change that or use trainer=default")
+        # Inductor's C++ toolchain looks for CUDA, and says on the console when CUDA's torch finds no CUDA runtime
+        # (a machine without a GPU): nothing to do about it for a program compiled for the CPU
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         if self.cache_dir:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.cache_dir)
         log.info("trainer=compiled: the first epoch compiles the training program (tens of seconds the first "

@@ -7,6 +7,7 @@ would be. It is saved with the model (`RowPreprocessing.state`, in model.pt and 
 predictions on new raw rows go through the same steps. The target is standardised on the training
 rows by the model's last layer (models/target_scale.py): metrics and predictions are in its units.
 """
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -245,12 +246,18 @@ def log_model(checkpoint_path: Path) -> None:
     """Log the model of a tabular run (RawRowsModel, as code: tabular_model.py) to the active MLflow run, as
     `model`. No signature: MLflow would then demand exactly the training columns and types, where raw rows
     may lack the target, hold other columns, or read a number column as text."""
-    mlflow.pyfunc.log_model(
-        name="model", python_model=str(Path(__file__).with_name("tabular_model.py")),
-        artifacts={"checkpoint": str(checkpoint_path)},
-        # Stating the requirements skips MLflow's slow import scan of the environment.
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "scikit-learn", "pandas", "skops"],
-    )
+    pyfunc_logger = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_logger.level
+    pyfunc_logger.setLevel(logging.ERROR)  # its warning that it inferred no signature: none is wanted (above)
+    try:
+        mlflow.pyfunc.log_model(
+            name="model", python_model=str(Path(__file__).with_name("tabular_model.py")),
+            artifacts={"checkpoint": str(checkpoint_path)},
+            # Stating the requirements skips MLflow's slow import scan of the environment.
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "scikit-learn", "pandas", "skops"],
+        )
+    finally:
+        pyfunc_logger.setLevel(level)
 
 
 def split_rows(n_rows: int, split: str, val_fraction: float, test_fraction: float, seed: int) -> dict:
