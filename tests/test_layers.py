@@ -66,6 +66,7 @@ def test_summary_of_every_layer_is_printed_and_logged_at_the_start_of_a_run(caps
         assert "[2, 2]" in rows["model.layers.hidden"] and "[2, 32]" in rows["model.layers.hidden"]
         assert "96" in rows["model.layers.hidden"] and "[2, 2]" in rows["model.layers.output"]
         assert "162       Total params" in summary  # 2*32+32 + 32*2+2
+        assert all(name.startswith("model") for name in rows if name != "Name")  # no loss or metric modules
     assert printed.index("Total params") < printed.index("xor · layers")  # before the results table
 
 

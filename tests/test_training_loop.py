@@ -5,7 +5,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import QUIET
+from conftest import QUIET, cli
 from experiments.api import compose_config, run_experiment
 from experiments.errors import ConfigError
 from experiments.task import apply
@@ -88,3 +88,13 @@ def test_compiled_epochs_refuse_a_schedule(store):
         run_experiment(["data=circle", "trainer=compiled", "scheduler=one_cycle", "trainer.max_epochs=1", *QUIET])
     (run,) = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
     assert run.info.status == "FAILED"
+
+
+def test_a_run_validating_only_at_its_end_keeps_a_checkpoint_to_resume_from(tmp_path):
+    # as REFERENCE.md A1's and A2's presets validate; here not even at the end (every 100th of 3 epochs)
+    result = cli("-m", "experiments", "data=xor", "trainer.max_epochs=3", "+trainer.check_val_every_n_epoch=100",
+                 "trainer.callbacks.last_checkpoint.interval=0", "objective.metric=train/loss", *QUIET)
+    assert result.returncode == 0, result.stderr
+    (saved,) = tmp_path.glob("outputs/*/*/checkpoints/last.ckpt")
+    state = torch.load(saved, map_location="cpu", weights_only=False)
+    assert state["epoch"] == 2 and state["global_step"] > 0 and state["optimizer_states"]

@@ -61,7 +61,10 @@ class LastCheckpoint(ModelCheckpoint):
     REFERENCE.md A2 trains."""
 
     def __init__(self, interval: float, **options):
-        super().__init__(**options)
+        # at the end of a training epoch whatever the validation schedule: by default ModelCheckpoint saves after
+        # validation instead where it runs less often than every epoch, so a run validating only at its end
+        # (REFERENCE.md A1's and A2's presets) would keep nothing to resume from
+        super().__init__(save_on_train_epoch_end=True, **options)
         self.interval, self.saved_at = interval, time.monotonic()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

@@ -24,14 +24,17 @@ def check_override_types(config: DictConfig) -> None:
     same config groups give that key before the command line changes it.
     """
     hydra_config = HydraConfig.get()
-    groups = [f"{group}={option}" for group, option in hydra_config.runtime.choices.items()
+    choices = hydra_config.runtime.choices
+    texts = [override for override in OverridesParser.create().parse_overrides(list(hydra_config.overrides.task))
+             if not override.is_delete() and isinstance(override.value(), str) and override.key_or_group not in choices]
+    if not texts:  # nothing to check (numbers and group choices only): spares a sweep's job composing again
+        return
+    groups = [f"{group}={option}" for group, option in choices.items()
               if option is not None and not group.startswith("hydra")]
     # the user's config folders too, where an option of a group may come from
     groups += [override for override in hydra_config.overrides.hydra if override.startswith("hydra.searchpath=")]
     defaults = hydra.compose(hydra_config.job.config_name, overrides=groups)
-    for override in OverridesParser.create().parse_overrides(list(hydra_config.overrides.task)):
-        if override.is_delete() or not isinstance(override.value(), str):
-            continue
+    for override in texts:
         default = OmegaConf.select(defaults, override.key_or_group, default=None, throw_on_missing=False)
         if isinstance(default, (bool, int, float)):
             raise ConfigError(

@@ -19,10 +19,19 @@ def log_choices(choices: dict[str, str | None], overrides: list[str]) -> None:
     log.info(" ".join(chosen) + (f" · overrides: {' '.join(others)}" if others else ""))
 
 
+class ModelLayers(ModelSummary):
+    """Lightning's summary of a task, showing the layers of its model only: not the loss and metric modules
+    (three stages of metrics: 14 rows of a regression run's 20, none with weights)."""
+
+    @property
+    def named_modules(self):
+        return [(name, module) for name, module in super().named_modules if name.split(".")[0] == "model"]
+
+
 def print_model_summary(task) -> str:
     """Print and return Lightning's summary of the model: each layer with its input and output sizes
     (from the task's example_input_array, a batch of 2) and parameter count, then the totals."""
-    summary = str(ModelSummary(task, max_depth=-1))
+    summary = str(ModelLayers(task, max_depth=-1))
     print(summary)
     return summary
 
