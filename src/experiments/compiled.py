@@ -37,8 +37,13 @@ class CompiledEpoch:
         # put the update in a graph of its own): its update, in the epoch's graph
         update = inspect.unwrap(type(optimizer).step)
 
-        def losses(params, inputs, targets):
-            outputs = torch.func.functional_call(model, params, inputs if isinstance(inputs, tuple) else (inputs,))
+        # inputs of the transformed function, not captured by it, for the forward pass to update in place
+        # (batch norm's running statistics), which torch.func allows inputs only
+        buffers = dict(model.named_buffers())
+
+        def losses(params, buffers, inputs, targets):
+            outputs = torch.func.functional_call(model, (params, buffers),
+                                                 inputs if isinstance(inputs, tuple) else (inputs,))
             loss, optimised = task.losses(outputs, targets)
             return optimised, (outputs.detach(), loss.detach())
 
@@ -48,7 +53,7 @@ class CompiledEpoch:
             outputs, batch_losses = [], []
             for inputs, targets in batches:
                 grads, (batch_outputs, loss) = gradients({name: p.detach() for name, p in self.params.items()},
-                                                         inputs, targets)
+                                                         buffers, inputs, targets)
                 for name, p in self.params.items():
                     p.grad.copy_(grads[name])
                 with torch.no_grad():
@@ -69,7 +74,12 @@ class CompiledEpoch:
         if self.compile_seconds is not None:
             return self.program(batches)
         start = time.perf_counter()
-        result = self.program(batches)
+        try:
+            result = self.program(batches)
+        except torch._dynamo.exc.TorchDynamoException as error:  # raised while tracing or compiling: nothing ran
+            detail = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+            raise ConfigError(f"trainer=compiled cannot compile this training epoch ({detail.strip()}); "
+                              "use trainer=default") from error
         self.compile_seconds = time.perf_counter() - start  # the first epoch's training included: microseconds
         return result
 
