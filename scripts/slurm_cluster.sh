@@ -57,7 +57,6 @@ AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 ReturnToService=2
-KillWait=10
 MinJobAge=60
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool

@@ -144,7 +144,7 @@ def wait_for(condition, what: str, timeout: float = 300):
 def test_a_job_stopped_by_slurm_is_requeued_and_continues_its_run(slurm_cluster, tracking_server, isolated, started):
     """SIGTERM sent to a running job (as a preemption sends it) requeues the job; the requeued job continues the
     same MLflow run from its last checkpoint and ends with the metrics of a run never stopped."""
-    epochs = 300  # some seconds of training: a checkpoint is saved each second
+    epochs = 200  # some seconds of training: a checkpoint is saved each second
     setting = ["tracking=server", f"tracking.tracking_uri={tracking_server}", "data=circle",
                f"trainer.max_epochs={epochs}", *QUIET]
     uninterrupted = started("-m", "experiments", *setting, "tracking.experiment_name=uninterrupted")
