@@ -23,7 +23,7 @@ SKIPPED = {
     r"^python -m pytest": "the test suite itself",
     r"^mlflow ui ": "the MLflow UI: a web server for a browser (tests/test_sweeps.py runs `mlflow server`)",
     r"^mlflow server ": "runs until stopped; tests/test_sweeps.py starts one and trains against it",
-    r"hydra/launcher=slurm": "needs a SLURM cluster",
+    r"hydra/launcher=slurm": "needs a SLURM cluster: tests/test_slurm.py starts one and runs such sweeps",
     r"<server host>": "needs a tracking server on another machine",
     r"trainer=ddp(?!.*trainer\.accelerator=cpu)": "needs GPUs",
     r"^python scripts/": "a benchmark: minutes of full MNIST epochs, meant for an idle machine",

@@ -3,22 +3,27 @@
 Only Hydra and OmegaConf load at start-up; torch, Lightning and MLflow load when a job runs, so
 `--help` and `--cfg job` stay fast.
 """
+import os
+from contextlib import nullcontext
+
 import hydra
 from omegaconf import DictConfig
 
-from experiments import store, sweep
+from experiments import errors, store, sweep
 from experiments.cli import check_override_types, objective_value, reported_as_one_line, run_app
 from experiments.ranges import check_ranges
 
 
 def objective(config: DictConfig) -> float:
     """Run one experiment; the objective's final value."""
-    check_override_types(config)
-    check_ranges(config)
-    store.check_reachable(config.tracking.tracking_uri)  # in seconds, before torch and the data load
-    from experiments.run import run  # the heavy imports (torch, Lightning, MLflow) start here
+    in_slurm_job = os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and "SLURM_JOB_ID" in os.environ
+    with errors.requeued_on_signals() if in_slurm_job else nullcontext():
+        check_override_types(config)
+        check_ranges(config)
+        store.check_reachable(config.tracking.tracking_uri)  # in seconds, before torch and the data load
+        from experiments.run import run  # the heavy imports (torch, Lightning, MLflow) start here
 
-    return objective_value(config, run(config).metrics)
+        return objective_value(config, run(config).metrics)
 
 
 @hydra.main(config_path="pkg://experiments.conf", config_name="config", version_base="1.3")

@@ -5,7 +5,8 @@ conf/trainer/default.yaml)
 in `checkpoints/last.ckpt` of its output folder, and tags its MLflow run with that folder and the process
 training it (`checkpoint.dir`, `process.host`, `process.pid`). A run stopped by a signal ends KILLED; one whose
 process died (SIGKILL, a crash, a lost machine) stays RUNNING with a process that no longer exists. Either
-resumes into the same MLflow run, with the config it was started with.
+resumes into the same MLflow run, with the config it was started with. A SLURM job that SLURM stopped and
+requeued (errors.requeued_on_signals) continues its run by itself when it starts again (`requeued_run`).
 """
 import os
 import socket
@@ -17,6 +18,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
+from experiments import sweep
 from experiments.errors import ConfigError
 
 CHECKPOINT = "last.ckpt"
@@ -50,8 +52,10 @@ def is_alive(tags: dict[str, str]) -> bool:
     return True
 
 
-def interrupted_run(config: DictConfig) -> Interrupted:
-    """The run `config.resume` names, checked to be resumable, with everything its resumption needs."""
+def interrupted_run(config: DictConfig, requeued: bool = False) -> Interrupted:
+    """The run `config.resume` names, checked to be resumable, with everything its resumption needs.
+    `requeued`: the run of this SLURM job's earlier start, whose process is over whatever its tags say, and which
+    trains from the start (into the same run) where it stopped before its first checkpoint."""
     run_id, tracking_uri = config.resume, config.tracking.tracking_uri
     client = mlflow.MlflowClient(tracking_uri)
     try:
@@ -61,11 +65,11 @@ def interrupted_run(config: DictConfig) -> Interrupted:
     tags = run.data.tags
     if run.info.status == "FINISHED":
         raise ConfigError(f"resume={run_id}: the run finished; there is nothing to resume")
-    if run.info.status == "RUNNING" and is_alive(tags):
+    if run.info.status == "RUNNING" and not requeued and is_alive(tags):
         raise ConfigError(f"resume={run_id}: the run is still training (process {tags.get('process.pid')} on "
                           f"{tags.get('process.host')}); stop it first")
     checkpoint = Path(tags.get("checkpoint.dir", "")) / CHECKPOINT
-    if "checkpoint.dir" not in tags or not checkpoint.is_file():
+    if "checkpoint.dir" not in tags or not (checkpoint.is_file() or requeued):
         raise ConfigError(f"resume={run_id}: no checkpoint at {checkpoint} (one is saved at an epoch's end once a second has passed: "
                           "the run stopped before its first, or the folder was removed); start it again instead")
     saved = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", tempfile.mkdtemp()))
@@ -73,3 +77,14 @@ def interrupted_run(config: DictConfig) -> Interrupted:
     recorded = {key: max(m.step for m in client.get_metric_history(run_id, key)) for key in run.data.metrics}
     choices = {key.removeprefix("choice."): value for key, value in tags.items() if key.startswith("choice.")}
     return Interrupted(run_id, run.info.run_name, saved, checkpoint, choices, recorded)
+
+
+def requeued_run(config: DictConfig) -> Interrupted | None:
+    """In a sweep's SLURM job that SLURM started again (requeued: SLURM_RESTART_COUNT), the child run its earlier
+    start opened and did not finish, to continue; None otherwise."""
+    if not int(os.environ.get("SLURM_RESTART_COUNT", "0")) or (job := sweep.current_job()) is None:
+        return None
+    run = sweep.child_run(mlflow.MlflowClient(config.tracking.tracking_uri), job)
+    if run is None or run.info.status == "FINISHED":
+        return None
+    return interrupted_run(OmegaConf.merge(config, {"resume": run.info.run_id}), requeued=True)

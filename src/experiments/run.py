@@ -140,8 +140,9 @@ def record(config: DictConfig, task: Task, datamodule, results: dict[str, float]
 def run(config: DictConfig) -> Result:
     """Train and evaluate as `config` says, tracked in MLflow; print and return the final metrics.
     In a run of several processes, the others train and evaluate only, and return no run id.
-    With `resume=<run id>`, continue that interrupted run instead, with its own config."""
-    resumed = resume.interrupted_run(config) if config.get("resume") else None
+    With `resume=<run id>`, continue that interrupted run instead, with its own config; likewise a requeued
+    SLURM job's run."""
+    resumed = resume.interrupted_run(config) if config.get("resume") else resume.requeued_run(config)
     if resumed:
         config = resumed.config
     task, datamodule = build(config)
@@ -164,7 +165,7 @@ def run(config: DictConfig) -> Result:
     checkpoint_dir = resumed.checkpoint.parent if resumed else Path(output_dir() or tempfile.mkdtemp()) / "checkpoints"
     for callback in trainer.checkpoint_callbacks:
         callback.dirpath = callback.dirpath or str(checkpoint_dir)
-    resume_from = resumed and resumed.checkpoint
+    resume_from = resumed.checkpoint if resumed and resumed.checkpoint.is_file() else None
     if not is_first_process(trainer):
         return Result(None, fit_and_test(trainer, task, datamodule, resume_from), model, datamodule.preprocessing)
     choices = resumed.choices if resumed else HydraConfig.get().runtime.choices

@@ -63,6 +63,14 @@ def current_job() -> Job | None:
     return Job(parent["run_id"], name or hydra_config.job.override_dirname, hydra_config.job.num, swept)
 
 
+def child_run(client, job: Job):
+    """The child run `job` opened (an MLflow Run), or None where it opened none yet."""
+    experiment_id = client.get_run(job.parent_run_id).info.experiment_id
+    children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{job.parent_run_id}' "
+                                                    f"and tags.`sweep.job` = '{job.number}'")
+    return children[0] if children else None
+
+
 def record_failed_job(config: DictConfig, job: Job, error: Exception) -> None:
     """Print a failed job's error in one line and record it on its child run: FAILED, tag `error` holding the
     line, `error.txt` the traceback. A job that failed before opening its run (bad input) gets a child run
@@ -74,12 +82,11 @@ def record_failed_job(config: DictConfig, job: Job, error: Exception) -> None:
     line = error_line(error)
     print(f"error: job {job.number} ({job.name}) failed: {line}", file=sys.stderr)
     client = mlflow.MlflowClient(config.tracking.tracking_uri)
-    experiment_id = client.get_run(job.parent_run_id).info.experiment_id
-    children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{job.parent_run_id}' "
-                                                    f"and tags.`sweep.job` = '{job.number}'")
-    if children:
-        run_id = children[0].info.run_id
+    child = child_run(client, job)
+    if child:
+        run_id = child.info.run_id
     else:
+        experiment_id = client.get_run(job.parent_run_id).info.experiment_id
         choices = HydraConfig.get().runtime.choices
         tags = {f"choice.{group}": str(option) for group, option in choices.items() if not group.startswith("hydra")}
         run_id = client.create_run(experiment_id, run_name=job.name, tags={

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments import store
 from experiments.cli import error_line
-from experiments.errors import Stopped
+from experiments.errors import Requeued, Stopped
 from experiments.resume import Interrupted
 from experiments.task import apply
 
@@ -76,7 +76,7 @@ def start_run(config: DictConfig, run_name: str, choices: dict[str, str | None],
     """Open a run recording `config`, tagged with the config groups' choices (`choice.data`: mnist, ...) and
     `tags`, nested under `parent_run_id` when given (a sweep's job), or reopen the `resumed` one. It ends
     FINISHED; KILLED when a signal stops the block; FAILED if the block raises, with the error's line as
-    its tag `error`."""
+    its tag `error`; SCHEDULED when SLURM requeued the job, whose next start continues it (resume.requeued_run)."""
     tracking = config.tracking
     mlflow.set_tracking_uri(tracking.tracking_uri)
     mlflow.set_experiment(experiment_id=store.experiment_id(tracking.tracking_uri, tracking.experiment_name))
@@ -95,6 +95,11 @@ def start_run(config: DictConfig, run_name: str, choices: dict[str, str | None],
             mlflow.log_params(flatten(config))
             mlflow.log_text(OmegaConf.to_yaml(config, resolve=True), "config.yaml")
         yield logger
+    except Requeued:
+        mlflow.end_run("SCHEDULED")
+        print(f"run {run.info.run_id} SCHEDULED: SLURM requeued the job, which continues the run from its last "
+              "checkpoint when it starts again", file=sys.stderr)
+        raise
     except Stopped:
         mlflow.end_run("KILLED")
         print(f"run {run.info.run_id} KILLED; continue it from its last checkpoint with: "
