@@ -31,7 +31,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from torch.func import functional_call, stack_module_state, vmap
 
 from experiments import run, tracking
+from experiments.callbacks import StopOnDivergence
 from experiments.cli import check_override_types
+from experiments.errors import Diverged
 from experiments.report import print_model_summary, print_results
 from experiments.models.target_scale import TargetScaled
 from experiments.task import Task
@@ -74,6 +76,7 @@ class Trained:
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (step, metrics) per epoch
     epochs: int = 0
     group_size: int = 1
+    error: Diverged | None = None  # the job diverged: its run fails with this, its history ends at that epoch
 
 
 def task_config(config: DictConfig) -> DictConfig:
@@ -303,6 +306,8 @@ class Group:
         first = jobs[0]
         self.task, self.datamodule, self.device = first.task, first.datamodule, first.trainer.strategy.root_device
         self.trainer_config = first.config.trainer
+        # the trainer's StopOnDivergence callbacks, applied to each job's epoch values as to a single run's
+        self.stoppers = [callback for callback in first.trainer.callbacks if isinstance(callback, StopOnDivergence)]
         # one parameter group per setting of the optimizer's numbers (and the schedule's peak), each a slice
         settings: dict[str, list[Job]] = {}
         for job in jobs:
@@ -378,6 +383,8 @@ class Group:
         generators = [torch.Generator().manual_seed(job.datamodule.seed) for job in self.jobs]
         job_rows = torch.arange(len(self.jobs), device=self.device)[:, None]
         history, latest = [], {}  # latest: the values a single run's trainer holds at the end
+        running = torch.ones(len(self.jobs), dtype=torch.bool)
+        diverged: dict[int, tuple[Diverged, int]] = {}  # position: its error, the epochs of history it logs
         start_time = time.perf_counter()
         for epoch in range(epochs):
             order = None
@@ -408,8 +415,20 @@ class Group:
             values = {name: value.cpu() for name, value in values.items()}
             history.append(((epoch + 1) * steps - 1, values | {"epoch": torch.full((len(self.jobs),), epoch)}))
             latest |= values
+            # A job that diverged fails at this epoch, as a single run does; it trains on with the others, but
+            # apart: its parameters, gradients and optimizer state are its own slices (the optimizers' updates and
+            # the losses' gradients are elementwise), so its non-finite values reach no other job.
+            for stopper in self.stoppers:
+                if stopper.monitor in values:
+                    for position in (stopper.diverged(values[stopper.monitor]) & running).nonzero().flatten().tolist():
+                        value = float(values[stopper.monitor][position])
+                        diverged[position] = (stopper.error(value, epoch), len(history))
+                        running[position] = False
+            if not running.any():
+                break
         seconds = time.perf_counter() - start_time
-        if datamodule.test is not None:  # logged at the step after the last, as Lightning's test logs it
+        # logged at the step after the last, as Lightning's test logs it; a diverged job is not tested
+        if datamodule.test is not None and running.any():
             tested = {name: value.cpu() for name, value in self._evaluate("test", *self._data("test")).items()}
             history.append((epochs * steps, tested | {"epoch": torch.full((len(self.jobs),), epochs)}))
             latest |= tested
@@ -423,6 +442,9 @@ class Group:
             job_history = [(step, {name: float(value[position]) for name, value in logged.items()})
                            for step, logged in history]
             trained[job.index] = Trained(results, job_history, epochs, len(self.jobs))
+            if position in diverged:
+                error, logged = diverged[position]
+                trained[job.index] = Trained({}, job_history[:logged], logged, len(self.jobs), error)
         return [trained[job.index] for job in sorted(self.jobs, key=lambda job: job.index)]
 
     @torch.no_grad()
@@ -448,12 +470,16 @@ def record(config: DictConfig, job: Job, trained: Trained) -> dict[str, float]:
     task, datamodule = job.task, job.datamodule
     summary = print_model_summary(task)
     choices = HydraConfig.get().runtime.choices
-    with run.open_run(config, choices) as logger:
-        mlflow.log_text(summary, "model_summary.txt")
-        log_history(logger.run_id, trained.history)
-        results = run.record(config, task, datamodule, dict(trained.results))
+    try:
+        with run.open_run(config, choices) as logger:
+            mlflow.log_text(summary, "model_summary.txt")
+            log_history(logger.run_id, trained.history)
+            if trained.error:  # its run ends FAILED with the error's line, as a single run's does
+                raise trained.error
+            results = run.record(config, task, datamodule, dict(trained.results))
+    finally:
+        release(job)
     print_results(f"{choices.data} · {choices.model} · {trained.epochs} epochs · vectorised, a group of "
                   f"{trained.group_size}", results, logger.run_id, tracking.ui_command(config.tracking.tracking_uri),
                   run.output_dir())
-    release(job)
     return results
