@@ -145,15 +145,24 @@ def test_a_job_that_diverges_in_a_group_fails_at_its_epoch_and_the_others_train_
                                                            abs=1e-4)
 
 
-def test_a_group_too_large_for_the_memory_budget_is_split(store):
-    result = cli(*VECTORIZED, "seed=0,1,2,3", "trainer.max_epochs=1", "data.n_points=100",
-                 "hydra.launcher.memory_budget_mb=0.35", *QUIET)
+def test_a_group_too_large_for_the_memory_budget_is_split_and_each_part_trains_as_the_whole_would(isolated):
+    sweep = ["seed=0,1,2,3", "trainer.max_epochs=2", "data.n_points=100", *QUIET]
+    result = cli(*VECTORIZED, *sweep, "hydra.launcher.memory_budget_mb=0.35")
     assert result.returncode == 0, result.stderr
     assert ("vectorized: 4 of 4 jobs in 2 group(s): #0-1 (differing in seed), #2-3 (differing in seed); "
             "4 jobs split into 2 groups to fit the memory budget") in result.stdout
-    runs = children(store).values()
-    assert {run.info.status for run in runs} == {"FINISHED"}
-    assert {run.data.metrics["time/group_size"] for run in runs} == {2.0}
+    whole_uri = f"sqlite:///{isolated}/whole.db"  # the same sweep within the default budget: one group
+    result = cli(*VECTORIZED, *sweep, f"tracking.tracking_uri={whole_uri}")
+    assert "vectorized: 4 of 4 jobs in 1 group(s): #0-3 (differing in seed)" in result.stdout
+
+    split, whole = children(MlflowClient(f"sqlite:///{isolated}/mlflow.db")), children(MlflowClient(whole_uri))
+    assert {run.info.status for run in [*split.values(), *whole.values()]} == {"FINISHED"}
+    assert {run.data.metrics["time/group_size"] for run in split.values()} == {2.0}
+    assert {run.data.metrics["time/group_size"] for run in whole.values()} == {4.0}
+    assert split.keys() == whole.keys()
+    for name, run in split.items():
+        for key in FINAL:
+            assert run.data.metrics[key] == pytest.approx(whole[name].data.metrics[key], abs=1e-4), (name, key)
 
 
 def test_an_optuna_search_through_the_launcher_is_one_group_per_batch_of_trials(store, isolated):
