@@ -19,10 +19,15 @@ def log_choices(choices: dict[str, str | None], overrides: list[str]) -> None:
     log.info(" ".join(chosen) + (f" · overrides: {' '.join(others)}" if others else ""))
 
 
+def model_summary(task) -> str:
+    """Lightning's summary of the model: each layer with its input and output sizes (from the task's
+    example_input_array, a batch of 2) and parameter count, then the totals."""
+    return str(ModelSummary(task, max_depth=-1))
+
+
 def print_model_summary(task) -> str:
-    """Print and return Lightning's summary of the model: each layer with its input and output sizes
-    (from the task's example_input_array, a batch of 2) and parameter count, then the totals."""
-    summary = str(ModelSummary(task, max_depth=-1))
+    """Print and return the model's summary."""
+    summary = model_summary(task)
     print(summary)
     return summary
 
