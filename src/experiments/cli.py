@@ -1,6 +1,5 @@
 """Command-line plumbing shared by the apps (`experiments`, `experiments.reproduce`, ...): bad input
 reported as one line, and override values checked against their types. Imports only Hydra and OmegaConf."""
-import functools
 import logging
 import os
 import sys
@@ -18,15 +17,6 @@ from omegaconf.errors import OmegaConfBaseException
 from experiments.errors import ConfigError, Stopped, stop_on_signals
 
 
-@functools.lru_cache(maxsize=16)
-def composed(config_name: str, overrides: tuple[str, ...]) -> DictConfig:
-    """The config `overrides` compose, once per process: the jobs of a sweep mostly share their config
-    groups (64 seeds of one experiment compose it once, not 64 times at 0.1 s each). Read only."""
-    config = hydra.compose(config_name, overrides=list(overrides))
-    OmegaConf.set_readonly(config, True)
-    return config
-
-
 def check_override_types(config: DictConfig) -> None:
     """Reject `key=value` overrides whose value has the wrong type for the key, e.g. `optimizer.lr=abc`.
 
@@ -38,7 +28,7 @@ def check_override_types(config: DictConfig) -> None:
               if option is not None and not group.startswith("hydra")]
     # the user's config folders too, where an option of a group may come from
     groups += [override for override in hydra_config.overrides.hydra if override.startswith("hydra.searchpath=")]
-    defaults = composed(hydra_config.job.config_name, tuple(groups))
+    defaults = hydra.compose(hydra_config.job.config_name, overrides=groups)
     for override in OverridesParser.create().parse_overrides(list(hydra_config.overrides.task)):
         if override.is_delete() or not isinstance(override.value(), str):
             continue

@@ -142,9 +142,14 @@ def prepare(job: Job, trainers: dict[str, L.Trainer]) -> None:
         check_override_types(job.config)
         config = task_config(job.config)
         job.task, job.datamodule = run.build(config)
-        trainer_key = repr(OmegaConf.to_container(config.trainer, resolve=True))
+        options = OmegaConf.to_container(config.trainer, resolve=True)
+        trainer_key = repr(options)
         if trainer_key not in trainers:  # Lightning decides the device, as for a single run
-            trainers[trainer_key] = instantiate(config.trainer, logger=False)
+            # the callbacks a list, or a dict by name (null: dropped), as run.run builds them
+            callbacks = options.pop("callbacks", None) or []
+            callbacks = [instantiate(callback) for callback in
+                         (callbacks.values() if isinstance(callbacks, dict) else callbacks) if callback is not None]
+            trainers[trainer_key] = instantiate(options, logger=False, callbacks=callbacks)
         job.trainer = trainers[trainer_key]
         job.reason = obstacle(config, job.task, job.datamodule, job.trainer)
         job.key = group_key(config)
