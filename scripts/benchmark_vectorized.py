@@ -15,6 +15,7 @@ Prints a Markdown table (the README quotes it) with the machine and its load.
 import argparse
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -25,16 +26,19 @@ ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["trainer.enable_progress_bar=false"]
 
 
-def command(folder: Path, *overrides: str) -> float:
-    """Run `python -m experiments -m ...` in `folder` (its own store); the whole command's seconds."""
+def command(folder: Path, *overrides: str) -> tuple[float, float]:
+    """Run `python -m experiments -m ...` in `folder` (its own store); the whole command's seconds, elapsed and
+    of CPU (user and system: on a machine that other work shares, closer to what it takes alone)."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "experiments", "-m", *overrides, *QUIET], cwd=folder, env=env,
                             capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         sys.exit(f"failed: {' '.join(overrides)}\n{result.stderr[-3000:]}")
-    return seconds
+    return seconds, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def child_metrics(folder: Path) -> list[dict[str, float]]:
@@ -82,7 +86,7 @@ def main() -> None:
         scratch = Path(scratch)
         e2 = ["experiment=circle_tanh_mlp", f"trainer.max_epochs={args.epochs}"]
         (ours := scratch / "e2_vectorized").mkdir()
-        whole = command(ours, "hydra/launcher=vectorized", *e2, f"seed=range({args.seeds})")
+        whole, whole_cpu = command(ours, "hydra/launcher=vectorized", *e2, f"seed=range({args.seeds})")
         group = max(metrics["time/group_fit_seconds"] for metrics in child_metrics(ours))
         plain = plain_e2(0, args.epochs)
         rows += [
@@ -94,10 +98,10 @@ def main() -> None:
         ]
         if args.alone:
             (alone := scratch / "e2_alone").mkdir()
-            alone_whole = command(alone, *e2, f"seed=range({args.alone})")
+            alone_whole, _ = command(alone, *e2, f"seed=range({args.alone})")
             fit = sum(metrics["time/fit_seconds"] for metrics in child_metrics(alone)) / args.alone
             rows += [
-                (f"E2 × {args.seeds} seeds, vectorised: whole command", f"{whole:.1f} s",
+                (f"E2 × {args.seeds} seeds, vectorised: whole command", f"{whole:.1f} s (CPU {whole_cpu:.0f} s)",
                  f"single runs one after another (basic launcher): {alone_whole / args.alone:.1f} s a job "
                  f"(timed on {args.alone}), {alone_whole / args.alone * args.seeds:.0f} s for {args.seeds}",
                  f"{alone_whole / args.alone * args.seeds / whole:.0f}× faster (target: whole ≤ 90 s)"),
@@ -105,14 +109,15 @@ def main() -> None:
                  f"a single run's fit: {fit:.2f} s", f"{fit * args.seeds / group:.0f}× faster"),
             ]
         else:
-            rows.append((f"E2 × {args.seeds} seeds, vectorised: whole command", f"{whole:.1f} s", "", "target ≤ 90 s"))
+            rows.append((f"E2 × {args.seeds} seeds, vectorised: whole command", f"{whole:.1f} s (CPU {whole_cpu:.0f} s)",
+                         "", "target ≤ 90 s"))
         if args.mnist_seeds:
             mlp = ["experiment=fashion_mnist_mlp", "trainer.max_epochs=1", f"seed=range({args.mnist_seeds})"]
             (ours := scratch / "mnist_vectorized").mkdir()
-            whole = command(ours, "hydra/launcher=vectorized", *mlp)
+            whole, _ = command(ours, "hydra/launcher=vectorized", *mlp)
             group = max(metrics["time/group_fit_seconds"] for metrics in child_metrics(ours))
             (alone := scratch / "mnist_alone").mkdir()
-            alone_whole = command(alone, *mlp)
+            alone_whole, _ = command(alone, *mlp)
             fits = sum(metrics["time/fit_seconds"] for metrics in child_metrics(alone))
             rows += [
                 (f"Fashion-MNIST MLP × {args.mnist_seeds} seeds, 1 epoch: training", f"{group:.2f} s",

@@ -267,9 +267,12 @@ def test_a_target_of_order_1e5_trains_as_well_as_least_squares_and_is_reported_i
     linear = run_experiment([*options, "model=linear"])
     least_squares = linear.metrics["closed_form/val/r2"]
     assert least_squares > 0.9, "the data is linear up to the noise"
-    assert abs(linear.metrics["val/r2"] - least_squares) < 0.02
+    linear_gap = least_squares - linear.metrics["val/r2"]
+    assert abs(linear_gap) < 0.02  # reached: -0.00005
     mlp = run_experiment([*options, "model=mlp"])
-    assert abs(mlp.metrics["val/r2"] - least_squares) < 0.02
+    # the MLP at least as close: its validation R² no lower than the linear model's (reached: gap -0.0013,
+    # with adam_regression's weight decay; 0.0022 without, the MLP fitting the noise of 328 training rows)
+    assert least_squares - mlp.metrics["val/r2"] <= linear_gap
 
     # in dollars: the error is the noise's 20,000, the model's outputs are prices, the loss is their MSE
     assert 15_000 < linear.metrics["val/rmse"] < 25_000

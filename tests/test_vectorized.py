@@ -108,15 +108,61 @@ def test_a_job_that_fails_in_a_group_fails_alone_and_the_others_finish(store):
     assert parent.info.status != "RUNNING", "the parent run is ended"
 
 
-def test_a_group_too_large_for_the_memory_budget_is_split(store):
-    result = cli(*VECTORIZED, "seed=0,1,2,3", "trainer.max_epochs=1", "data.n_points=100",
-                 "hydra.launcher.memory_budget_mb=0.35", *QUIET)
+def test_a_job_that_diverges_in_a_group_fails_at_its_epoch_and_the_others_train_on_unaffected(isolated):
+    # SGD at lr 10 on MEDV's own units: nan in epoch 1 (as in test_failures); the two others train on
+    sweep = ["data=house_prices", "data.standardize_target=false", "optimizer=sgd", "scheduler=constant",
+             "optimizer.lr=10,0.001,0.002", "trainer.max_epochs=4", *QUIET]
+    result = cli(*VECTORIZED, *sweep)
+    assert result.returncode == 1
+    assert "vectorized: 3 of 3 jobs in 1 group(s): #0-2 (differing in optimizer.lr)" in result.stdout
+    error = "training diverged: train/loss = nan at epoch 1 is not finite; try a lower optimizer.lr"
+    assert f"error: job 0 (optimizer.lr=10) failed: {error}" in result.stderr
+    alone_uri = f"sqlite:///{isolated}/alone.db"  # the same jobs as single runs, one after another
+    assert cli("-m", "experiments", "-m", *sweep, f"tracking.tracking_uri={alone_uri}").returncode == 1
+
+    client, alone_client = MlflowClient(f"sqlite:///{isolated}/mlflow.db"), MlflowClient(alone_uri)
+    vectorized, alone = children(client), children(alone_client)
+    assert {name: run.info.status for name, run in vectorized.items()} == {
+        name: run.info.status for name, run in alone.items()} == {
+        "optimizer.lr=10": "FAILED", "optimizer.lr=0.001": "FINISHED", "optimizer.lr=0.002": "FINISHED"}
+    failed, single = vectorized["optimizer.lr=10"], alone["optimizer.lr=10"]
+    assert failed.data.tags["error"] == single.data.tags["error"] == error
+    assert "error.txt" in {artifact.path for artifact in client.list_artifacts(failed.info.run_id)}
+    for key in ("epoch", "train/loss", "val/loss"):  # the epochs up to the one that diverged, nan included
+        steps, values = zip(*history(client, failed, key))
+        single_steps, single_values = zip(*history(alone_client, single, key))
+        assert steps == single_steps
+        assert values == pytest.approx(single_values, abs=1e-4, nan_ok=True)
+    assert [epoch for _, epoch in history(client, failed, "epoch")] == [0, 1]
+    for name in ("optimizer.lr=0.001", "optimizer.lr=0.002"):  # as if the diverging job had not been there
+        run, single = vectorized[name], alone[name]
+        metrics = [key for key in single.data.metrics if key.split("/")[0] in ("train", "val", "test")]
+        assert {"train/loss", "val/r2", "test/r2"} <= set(metrics)
+        for key in metrics:
+            assert run.data.metrics[key] == pytest.approx(single.data.metrics[key], abs=1e-4), (name, key)
+        steps, values = zip(*history(client, run, "val/loss"))
+        assert len(steps) == 4 and values == pytest.approx([v for _, v in history(alone_client, single, "val/loss")],
+                                                           abs=1e-4)
+
+
+def test_a_group_too_large_for_the_memory_budget_is_split_and_each_part_trains_as_the_whole_would(isolated):
+    sweep = ["seed=0,1,2,3", "trainer.max_epochs=2", "data.n_points=100", *QUIET]
+    result = cli(*VECTORIZED, *sweep, "hydra.launcher.memory_budget_mb=0.35")
     assert result.returncode == 0, result.stderr
     assert ("vectorized: 4 of 4 jobs in 2 group(s): #0-1 (differing in seed), #2-3 (differing in seed); "
             "4 jobs split into 2 groups to fit the memory budget") in result.stdout
-    runs = children(store).values()
-    assert {run.info.status for run in runs} == {"FINISHED"}
-    assert {run.data.metrics["time/group_size"] for run in runs} == {2.0}
+    whole_uri = f"sqlite:///{isolated}/whole.db"  # the same sweep within the default budget: one group
+    result = cli(*VECTORIZED, *sweep, f"tracking.tracking_uri={whole_uri}")
+    assert "vectorized: 4 of 4 jobs in 1 group(s): #0-3 (differing in seed)" in result.stdout
+
+    split, whole = children(MlflowClient(f"sqlite:///{isolated}/mlflow.db")), children(MlflowClient(whole_uri))
+    assert {run.info.status for run in [*split.values(), *whole.values()]} == {"FINISHED"}
+    assert {run.data.metrics["time/group_size"] for run in split.values()} == {2.0}
+    assert {run.data.metrics["time/group_size"] for run in whole.values()} == {4.0}
+    assert split.keys() == whole.keys()
+    for name, run in split.items():
+        for key in FINAL:
+            assert run.data.metrics[key] == pytest.approx(whole[name].data.metrics[key], abs=1e-4), (name, key)
 
 
 def test_an_optuna_search_through_the_launcher_is_one_group_per_batch_of_trials(store, isolated):

@@ -26,11 +26,21 @@ class StopOnDivergence(EarlyStopping):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         if self.stopping_reason in (EarlyStoppingReason.NON_FINITE_METRIC, EarlyStoppingReason.DIVERGENCE_THRESHOLD):
-            value = float(trainer.callback_metrics[self.monitor])
-            limit = "not finite" if self.stopping_reason == EarlyStoppingReason.NON_FINITE_METRIC else (
-                f"past trainer.callbacks' divergence_threshold {self.divergence_threshold:g}")
-            raise Diverged(f"training diverged: {self.monitor} = {value:g} at epoch {trainer.current_epoch} is "
-                           f"{limit}; try a lower optimizer.lr")
+            raise self.error(float(trainer.callback_metrics[self.monitor]), trainer.current_epoch)
+
+    def diverged(self, values: torch.Tensor) -> torch.Tensor:
+        """Which of several runs' values of the monitored metric (one per job of a vectorised group,
+        experiments/vectorized.py) end their run, by EarlyStopping's own criteria for these two reasons."""
+        stop = ~torch.isfinite(values)
+        if self.divergence_threshold is not None:
+            stop |= self.monitor_op(-values, -self.divergence_threshold)
+        return stop
+
+    def error(self, value: float, epoch: int) -> Diverged:
+        limit = "not finite" if not torch.isfinite(torch.tensor(value)) else (
+            f"past trainer.callbacks' divergence_threshold {self.divergence_threshold:g}")
+        return Diverged(f"training diverged: {self.monitor} = {value:g} at epoch {epoch} is {limit}; "
+                        "try a lower optimizer.lr")
 
 
 class RandomStates(Callback):

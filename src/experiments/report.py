@@ -28,10 +28,15 @@ class ModelLayers(ModelSummary):
         return [(name, module) for name, module in super().named_modules if name.split(".")[0] == "model"]
 
 
+def model_summary(task) -> str:
+    """Lightning's summary of the model: each layer with its input and output sizes (from the task's
+    example_input_array, a batch of 2) and parameter count, then the totals."""
+    return str(ModelLayers(task, max_depth=-1))
+
+
 def print_model_summary(task) -> str:
-    """Print and return Lightning's summary of the model: each layer with its input and output sizes
-    (from the task's example_input_array, a batch of 2) and parameter count, then the totals."""
-    summary = str(ModelLayers(task, max_depth=-1))
+    """Print and return the model's summary."""
+    summary = model_summary(task)
     print(summary)
     return summary
 

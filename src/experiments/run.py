@@ -106,6 +106,15 @@ def build(config: DictConfig) -> tuple[Task, L.LightningDataModule]:
     return task, datamodule
 
 
+def build_trainer(options: DictConfig, extra_callbacks: list[L.Callback]) -> L.Trainer:
+    """Lightning's trainer as the trainer config says, without a logger, with its callbacks and `extra_callbacks`.
+    The config's callbacks are a dict by name (conf/trainer/default.yaml; null drops one), Lightning's a list."""
+    options = OmegaConf.to_container(options, resolve=True)
+    callbacks = [instantiate(callback) for callback in (options.pop("callbacks", None) or {}).values()
+                 if callback is not None]
+    return instantiate(options, logger=False, callbacks=[*callbacks, *extra_callbacks])
+
+
 def open_run(config: DictConfig, choices, tags: dict[str, str] | None = None, resumed=None):
     """This job's MLflow run (a context manager giving Lightning's logger): named by the config, or in a
     sweep by its swept values, nested under the sweep's parent run and tagged with its job number."""
@@ -148,12 +157,7 @@ def run(config: DictConfig) -> Result:
     task, datamodule = build(config)
     model = task.model
     progress = [instantiate(config.progress)] if config.trainer.enable_progress_bar else []
-    callbacks = [*(instantiate(callback) for callback in (config.trainer.get("callbacks") or {}).values()
-                   if callback is not None), *progress]
-    # the first process adds MLflow's logger below
-    options = OmegaConf.to_container(config.trainer, resolve=True)
-    del options["callbacks"]  # a dict by name in the config (conf/trainer/default.yaml), a list for Lightning
-    trainer = instantiate(options, logger=False, callbacks=callbacks)
+    trainer = build_trainer(config.trainer, progress)  # the first process adds MLflow's logger below
     check_launch(trainer)
     if isinstance(trainer.accelerator, CPUAccelerator):
         # Importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1, so that looking for a GPU does not initialise
