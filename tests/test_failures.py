@@ -1,11 +1,13 @@
 """Nothing lost: a failed job does not stop its sweep, a diverging run fails at its epoch, a signal ends
-a run KILLED, interrupted runs resume, the store survives concurrent commands, server trouble is one line."""
+a run KILLED, interrupted runs resume, the store survives concurrent commands, server trouble is one line, and a
+tracking server lost in a run gets its records when it is back."""
 import json
 import math
 import signal
 import time
 
 import pytest
+import torch
 from conftest import QUIET, cli, start
 
 from test_sweeps import parent_and_children
@@ -189,3 +191,61 @@ def test_an_unreachable_tracking_server_is_one_line_naming_it_before_any_trainin
     assert result.stderr.splitlines()[-1].startswith(
         "error: the MLflow tracking server http://127.0.0.1:9 cannot be reached (")
     assert "Epoch" not in result.stdout + result.stderr
+
+
+def served_run(server, *overrides):
+    """Start a run of some seconds tracked by `server`; the process and its run, once it has recorded an epoch."""
+    from mlflow import MlflowClient
+
+    process = start("-m", "experiments", "tracking=server", f"tracking.tracking_uri={server.uri}", "data=circle",
+                    "data.n_points=1000", "trainer.max_epochs=100", *overrides, *QUIET)
+    return process, running_run(MlflowClient(server.uri), process).info.run_id
+
+
+def assert_recorded_in_full(server, run_id, epochs=100):
+    """The run FINISHED on `server` with each epoch's metrics once, its final metrics, artifacts and model."""
+    import mlflow
+
+    client = mlflow.MlflowClient(server.uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for name in ("train/loss", "val/loss", "val/accuracy"):
+        steps = [m.step for m in client.get_metric_history(run_id, name)]
+        assert len(steps) == len(set(steps)) == epochs, f"{name}: each epoch once"
+    assert {"time/fit_seconds", "model/distinct_hidden_units"} <= set(run.data.metrics), "the final records"
+    assert {"config.yaml", "model.pt", "plots"} <= {artifact.path for artifact in client.list_artifacts(run_id)}
+    mlflow.set_tracking_uri(server.uri)
+    assert mlflow.pytorch.load_model(f"runs:/{run_id}/model")(torch.rand(3, 2)).shape == (3, 1)
+
+
+def test_a_tracking_server_killed_mid_run_and_started_again_loses_no_metric(server):
+    process, run_id = served_run(server)
+    server.stop(signal.SIGKILL)
+    time.sleep(3)  # training goes on without the server
+    server.start()  # same port, same store
+    _, stderr = process.communicate(timeout=300)
+
+    assert process.returncode == 0, stderr
+    assert f"warning: the MLflow tracking server {server.uri} does not answer; training goes on" in stderr
+    assert f"the MLflow tracking server {server.uri} is back" in stderr
+    assert_recorded_in_full(server, run_id)
+
+
+def test_a_run_whose_server_does_not_come_back_says_where_its_records_are_and_resume_sends_them(server, isolated):
+    process, run_id = served_run(server, "tracking.server_wait=2")
+    server.stop(signal.SIGKILL)
+    _, stderr = process.communicate(timeout=300)
+
+    assert process.returncode == 2, stderr
+    line = stderr.splitlines()[-1]
+    assert line.startswith(f"error: the MLflow tracking server {server.uri} did not come back within 2 s "), line
+    assert line.endswith(f"once the server is back, record the rest with python -m experiments resume={run_id}")
+    (unsent,) = isolated.glob("outputs/*/*/checkpoints/unsent_metrics.json")
+    assert f"its metrics not sent are in {unsent}" in line
+    assert len(json.loads(unsent.read_text())) > 0
+
+    server.start()
+    result = cli("-m", "experiments", f"resume={run_id}", env={"MLFLOW_TRACKING_URI": server.uri})
+    assert result.returncode == 0, result.stderr
+    assert not unsent.exists(), "sent"
+    assert_recorded_in_full(server, run_id)

@@ -10,6 +10,11 @@ class Diverged(ConfigError):
     """Training produced a non-finite loss (or one past the divergence threshold): these settings cannot train."""
 
 
+class ServerLost(ConfigError):
+    """The tracking server went away during a run and did not come back in time; the message says where the
+    records it did not get are kept and how to send them."""
+
+
 class Stopped(BaseException):
     """The command was asked to stop (SIGINT, SIGTERM). A BaseException, like KeyboardInterrupt, so that
     no `except Exception` on the way (Hydra's job runner, a callback) takes it for a failed job, and not a

@@ -7,6 +7,7 @@ training it (`checkpoint.dir`, `process.host`, `process.pid`). A run stopped by 
 process died (SIGKILL, a crash, a lost machine) stays RUNNING with a process that no longer exists. Either
 resumes into the same MLflow run, with the config it was started with.
 """
+import json
 import os
 import socket
 import tempfile
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.errors import ConfigError
 
 CHECKPOINT = "last.ckpt"
+UNSENT_METRICS = "unsent_metrics.json"  # beside it: metrics a lost tracking server did not get (tracking.EpochLogger)
 
 
 @dataclass
@@ -68,6 +70,13 @@ def interrupted_run(config: DictConfig) -> Interrupted:
     if "checkpoint.dir" not in tags or not checkpoint.is_file():
         raise ConfigError(f"resume={run_id}: no checkpoint at {checkpoint} (one is saved at an epoch's end once a second has passed: "
                           "the run stopped before its first, or the folder was removed); start it again instead")
+    unsent = checkpoint.parent / UNSENT_METRICS
+    if unsent.is_file():
+        from mlflow.entities import Metric
+
+        client.log_batch(run_id, metrics=[Metric(*metric) for metric in json.loads(unsent.read_text())])
+        unsent.unlink()
+        run = client.get_run(run_id)
     saved = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", tempfile.mkdtemp()))
     saved.resume = run_id
     recorded = {key: max(m.step for m in client.get_metric_history(run_id, key)) for key in run.data.metrics}
