@@ -37,11 +37,11 @@ def store(isolated):
     return MlflowClient(f"sqlite:///{isolated}/mlflow.db")
 
 
-def start(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.Popen:
-    """Start `python ARGS` as a user runs it, with this checkout's sources first on the path."""
+def start(*args: str, cwd: Path | None = None, env: dict | None = None, **options) -> subprocess.Popen:
+    """Start `python ARGS` as a user runs it, with this checkout's sources first on the path; `options` for Popen."""
     environment = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})}
     return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=cwd, env=environment)
+                            cwd=cwd, env=environment, **options)
 
 
 def cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -3,6 +3,7 @@ a run KILLED, interrupted runs resume, the store survives concurrent commands, s
 tracking server lost in a run gets its records when it is back."""
 import json
 import math
+import os
 import signal
 import time
 
@@ -132,6 +133,31 @@ def test_a_signal_in_a_sweep_ends_its_job_and_parent_killed(store):
     assert (parent.info.status, child.info.status) == ("KILLED", "KILLED")
 
 
+@pytest.mark.parametrize("signum, exit_code, to_group", [(signal.SIGTERM, 143, False), (signal.SIGINT, 130, True)])
+def test_a_signal_stops_a_parallel_sweep_its_jobs_and_parent_killed(store, signum, exit_code, to_group):
+    """hydra/launcher=parallel: SIGTERM to the command alone (`kill`, a scheduler), or SIGINT to its whole process
+    group (Ctrl-C in a terminal), which holds the jobs' worker processes."""
+    process = start("-m", "experiments", "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "data=circle",
+                    "trainer.max_epochs=100000", "seed=0,1,2", *QUIET, start_new_session=True)
+    for _ in range(600):  # both workers train
+        assert process.poll() is None, process.communicate()[1]
+        experiment = store.get_experiment_by_name("experiments")
+        runs = store.search_runs([experiment.experiment_id], "metrics.`train/loss` > 0") if experiment else []
+        if len(runs) == 2:
+            break
+        time.sleep(0.2)
+    os.killpg(process.pid, signum) if to_group else process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == exit_code, stderr
+    assert stderr.splitlines()[-1] == f"error: stopped by {signal.Signals(signum).name}"
+    parent, children = parent_and_children(store)  # the third job never started
+    assert [child.info.status for child in children] == ["KILLED", "KILLED"]
+    assert parent.info.status == "KILLED"
+    for child in children:
+        assert f"run {child.info.run_id} KILLED; continue it from its last checkpoint with" in stderr
+
+
 def test_a_run_killed_by_sigkill_resumes_into_its_run_and_ends_as_if_never_stopped(store, isolated):
     epochs = 200  # some seconds: a checkpoint is saved a second into training, then killed
     setting = ["data=circle", "data.n_points=1000", f"trainer.max_epochs={epochs}", *QUIET]
@@ -193,11 +219,12 @@ def test_an_unreachable_tracking_server_is_one_line_naming_it_before_any_trainin
     assert "Epoch" not in result.stdout + result.stderr
 
 
-def served_run(server, *overrides):
-    """Start a run of some seconds tracked by `server`; the process and its run, once it has recorded an epoch."""
+def served_run(server, *overrides, multirun=False):
+    """Start a run (a sweep's first job) of some seconds tracked by `server`; the process and its run, once it has
+    recorded an epoch."""
     from mlflow import MlflowClient
 
-    process = start("-m", "experiments", "tracking=server", f"tracking.tracking_uri={server.uri}", "data=circle",
+    process = start("-m", "experiments", *["-m"] * multirun, "tracking=server", f"tracking.tracking_uri={server.uri}", "data=circle",
                     "data.n_points=1000", "trainer.max_epochs=100", *overrides, *QUIET)
     return process, running_run(MlflowClient(server.uri), process).info.run_id
 
@@ -239,13 +266,29 @@ def test_a_run_whose_server_does_not_come_back_says_where_its_records_are_and_re
     assert process.returncode == 2, stderr
     line = stderr.splitlines()[-1]
     assert line.startswith(f"error: the MLflow tracking server {server.uri} did not come back within 2 s "), line
-    assert line.endswith(f"once the server is back, record the rest with python -m experiments resume={run_id}")
+    command = f"python -m experiments resume={run_id} tracking.tracking_uri={server.uri}"
+    assert line.endswith(f"once the server is back, record the rest with {command}")
     (unsent,) = isolated.glob("outputs/*/*/checkpoints/unsent_metrics.json")
     assert f"its metrics not sent are in {unsent}" in line
     assert len(json.loads(unsent.read_text())) > 0
 
     server.start()
-    result = cli("-m", "experiments", f"resume={run_id}", env={"MLFLOW_TRACKING_URI": server.uri})
+    result = cli("-m", *command.split()[1:])
     assert result.returncode == 0, result.stderr
     assert not unsent.exists(), "sent"
     assert_recorded_in_full(server, run_id)
+
+
+def test_a_sweep_that_lost_its_tracking_server_says_so_for_each_job_in_seconds(server):
+    process, run_id = served_run(server, "seed=0,1", "tracking.server_wait=1", multirun=True)
+    server.stop(signal.SIGKILL)
+    _, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 2, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert lines[0].startswith(f"error: job 0 (seed=0) failed: the MLflow tracking server {server.uri} did not come "
+                               "back within 1 s"), lines
+    assert lines[0].endswith(f"python -m experiments resume={run_id} tracking.tracking_uri={server.uri}")
+    assert lines[1].startswith(f"error: job 1 (seed=1) failed: the MLflow tracking server {server.uri} cannot be "
+                               "reached"), lines
+    assert lines[2].startswith("error: the sweep's summary could not be recorded: the MLflow tracking server"), lines

@@ -138,7 +138,7 @@ class EpochLogger(MLFlowLogger):
         raise ServerLost(f"the MLflow tracking server {self._tracking_uri} did not come back within {timeout:g} s "
                          f"(tracking.server_wait); the run {self.run_id} is not complete there, {where} training "
                          f"state in {self.unsent_file.parent}: once the server is back, record the rest with "
-                         f"python -m experiments resume={self.run_id}")
+                         f"{resume_command(self.run_id, self._tracking_uri)}")
 
     def save(self) -> None:
         self.flush()
@@ -183,12 +183,18 @@ def start_run(config: DictConfig, run_name: str, choices: dict[str, str | None],
     except Stopped:
         end_run("KILLED", logger)
         print(f"run {run.info.run_id} KILLED; continue it from its last checkpoint with: "
-              f"python -m experiments resume={run.info.run_id}", file=sys.stderr)
+              f"{resume_command(run.info.run_id, tracking.tracking_uri)}", file=sys.stderr)
         raise
     except BaseException as error:
         end_run("FAILED", logger, {"error": error_line(error)})
         raise
     mlflow.end_run()
+
+
+def resume_command(run_id: str, tracking_uri: str) -> str:
+    """The command that continues an interrupted run; it finds a tracking server's runs by its address."""
+    server = f" tracking.tracking_uri={tracking_uri}" if store.is_server(tracking_uri) else ""
+    return f"python -m experiments resume={run_id}{server}"
 
 
 def end_run(status: str, logger: EpochLogger, tags: dict[str, str] | None = None) -> None:
@@ -228,5 +234,4 @@ def log_model(model: torch.nn.Module, input_example: torch.Tensor | tuple[torch.
 
 def ui_command(tracking_uri: str) -> str:
     """How to see the runs: a tracking server serves its own UI at its address."""
-    served = tracking_uri.startswith(("http://", "https://"))
-    return tracking_uri if served else f"mlflow ui --backend-store-uri {tracking_uri}"
+    return tracking_uri if store.is_server(tracking_uri) else f"mlflow ui --backend-store-uri {tracking_uri}"
