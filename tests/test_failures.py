@@ -273,7 +273,7 @@ def test_a_run_whose_server_does_not_come_back_says_where_its_records_are_and_re
     assert len(json.loads(unsent.read_text())) > 0
 
     server.start()
-    result = cli("-m", *command.split()[1:])
+    result = cli(*command.split()[1:])  # python -m experiments ...
     assert result.returncode == 0, result.stderr
     assert not unsent.exists(), "sent"
     assert_recorded_in_full(server, run_id)

@@ -5,7 +5,8 @@ conf/trainer/default.yaml)
 in `checkpoints/last.ckpt` of its output folder, and tags its MLflow run with that folder and the process
 training it (`checkpoint.dir`, `process.host`, `process.pid`). A run stopped by a signal ends KILLED; one whose
 process died (SIGKILL, a crash, a lost machine) stays RUNNING with a process that no longer exists. Either
-resumes into the same MLflow run, with the config it was started with.
+resumes into the same MLflow run, with the config it was started with. Metrics a lost tracking server did not
+get are kept beside the checkpoint (UNSENT_METRICS, by tracking.EpochLogger); resuming sends them first.
 """
 import json
 import os

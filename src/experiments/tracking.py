@@ -28,6 +28,10 @@ def flatten(config: DictConfig) -> dict[str, object]:
     return pd.json_normalize(OmegaConf.to_container(config, resolve=True), sep=".").iloc[0].to_dict()
 
 
+FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+RETRY_SECONDS = 30  # the longest wait between two tries to send to a lost server
+
+
 @contextmanager
 def failing_fast() -> Iterator[None]:
     """MLflow's HTTP requests tried once, with a short timeout: by default MLflow retries a server that does not
@@ -42,10 +46,6 @@ def failing_fast() -> Iterator[None]:
                 os.environ.pop(name)
             else:
                 os.environ[name] = value
-
-
-FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-RETRY_SECONDS = 30  # the longest wait between two tries to send to a lost server
 
 
 class EpochLogger(MLFlowLogger):
@@ -201,7 +201,8 @@ def end_run(status: str, logger: EpochLogger, tags: dict[str, str] | None = None
     """End the active run `status`, tagged `tags`. With its tracking server lost, tried once, untagged: the run
     may then stay RUNNING there, as a run whose process died, which resuming continues."""
     if not logger.lost:
-        mlflow.set_tags(tags or {})
+        if tags:
+            mlflow.set_tags(tags)
         mlflow.end_run(status)
         return
     with failing_fast(), suppress(MlflowException):
