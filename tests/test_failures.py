@@ -224,8 +224,8 @@ def served_run(server, *overrides, multirun=False):
     recorded an epoch."""
     from mlflow import MlflowClient
 
-    process = start("-m", "experiments", *["-m"] * multirun, "tracking=server", f"tracking.tracking_uri={server.uri}", "data=circle",
-                    "data.n_points=1000", "trainer.max_epochs=100", *overrides, *QUIET)
+    process = start("-m", "experiments", *["-m"] * multirun, "tracking=server", f"tracking.tracking_uri={server.uri}",
+                    "data=circle", "data.n_points=1000", "trainer.max_epochs=100", *overrides, *QUIET)
     return process, running_run(MlflowClient(server.uri), process).info.run_id
 
 
@@ -241,8 +241,9 @@ def assert_recorded_in_full(server, run_id, epochs=100):
         assert len(steps) == len(set(steps)) == epochs, f"{name}: each epoch once"
     assert {"time/fit_seconds", "model/distinct_hidden_units"} <= set(run.data.metrics), "the final records"
     assert {"config.yaml", "model.pt", "plots"} <= {artifact.path for artifact in client.list_artifacts(run_id)}
-    mlflow.set_tracking_uri(server.uri)
-    assert mlflow.pytorch.load_model(f"runs:/{run_id}/model")(torch.rand(3, 2)).shape == (3, 1)
+    (model,) = client.search_logged_models([run.info.experiment_id], f"source_run_id = '{run_id}'")
+    local = mlflow.artifacts.download_artifacts(artifact_uri=model.artifact_location, tracking_uri=server.uri)
+    assert mlflow.pytorch.load_model(local)(torch.rand(3, 2)).shape == (3, 1)
 
 
 def test_a_tracking_server_killed_mid_run_and_started_again_loses_no_metric(server):

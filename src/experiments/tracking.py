@@ -182,7 +182,9 @@ def start_run(config: DictConfig, run_name: str, choices: dict[str, str | None],
         yield logger
     except Stopped:
         end_run("KILLED", logger)
-        print(f"run {run.info.run_id} KILLED; continue it from its last checkpoint with: "
+        ended = "KILLED" if not logger.lost else (
+            "stopped (its tracking server does not answer: the metrics it did not get are kept beside the checkpoint)")
+        print(f"run {run.info.run_id} {ended}; continue it from its last checkpoint with: "
               f"{resume_command(run.info.run_id, tracking.tracking_uri)}", file=sys.stderr)
         raise
     except BaseException as error:
