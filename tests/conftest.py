@@ -1,6 +1,7 @@
 """Shared test set-up: every test runs in its own folder with its own MLflow store, and real
 datasets are read from ../shared/data (the project itself never needs that folder)."""
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -51,14 +52,26 @@ def cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subproc
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
+def free_port() -> int:
+    """A free port below the ephemeral range: one from that range may be taken by an outgoing connection while a
+    stopped server is down, and the server could not start again on it."""
+    ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    while True:
+        port = random.randrange(10_000, ephemeral)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+
+
 class TrackingServer:
     """`mlflow server` on 127.0.0.1 with a SQLite store and a local artifact folder in `folder`; started again
     after a kill on the same port, with the same store."""
 
     def __init__(self, folder: Path):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.uri, self.folder, self.process = f"http://127.0.0.1:{self.port}", folder, None
 
     def start(self) -> None:

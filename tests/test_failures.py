@@ -268,9 +268,9 @@ def test_a_run_whose_server_does_not_come_back_says_where_its_records_are_and_re
     line = stderr.splitlines()[-1]
     assert line.startswith(f"error: the MLflow tracking server {server.uri} did not come back within 2 s "), line
     command = f"python -m experiments resume={run_id} tracking.tracking_uri={server.uri}"
-    assert line.endswith(f"once the server is back, record the rest with {command}")
+    assert line.endswith(f"once the server is back, record the rest with {command}"), line
     (unsent,) = isolated.glob("outputs/*/*/checkpoints/unsent_metrics.json")
-    assert f"its metrics not sent are in {unsent}" in line
+    assert f"its metrics not sent are in {unsent}" in line, stderr
     assert len(json.loads(unsent.read_text())) > 0
 
     server.start()

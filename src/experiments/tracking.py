@@ -202,6 +202,7 @@ def resume_command(run_id: str, tracking_uri: str) -> str:
 def end_run(status: str, logger: EpochLogger, tags: dict[str, str] | None = None) -> None:
     """End the active run `status`, tagged `tags`. With its tracking server lost, tried once, untagged: the run
     may then stay RUNNING there, as a run whose process died, which resuming continues."""
+    logger.lost = logger.lost or bool(store.unreachable(logger._tracking_uri))  # lost since the last metrics
     if not logger.lost:
         if tags:
             mlflow.set_tags(tags)
