@@ -260,7 +260,8 @@ def test_a_tracking_server_killed_mid_run_and_started_again_loses_no_metric(serv
 
 
 def test_a_run_whose_server_does_not_come_back_says_where_its_records_are_and_resume_sends_them(server, isolated):
-    process, run_id = served_run(server, "tracking.server_wait=2")
+    # a checkpoint every epoch: the last one holds the whole training, which resuming then only records
+    process, run_id = served_run(server, "tracking.server_wait=2", "trainer.callbacks.1.interval=0")
     server.stop(signal.SIGKILL)
     _, stderr = process.communicate(timeout=300)
 

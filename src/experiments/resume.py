@@ -33,6 +33,8 @@ class Interrupted:
     checkpoint: Path
     choices: dict[str, str]             # its config groups' options (tags choice.*)
     recorded_steps: dict[str, int]      # each metric's last recorded step: resumed epochs are not logged twice
+    metrics: dict[str, float]           # each metric's last recorded value: the final ones of a run stopped after
+                                        # its training (its checkpoint at the last epoch), which trains no more
 
 
 def process_tags(checkpoint_dir: Path) -> dict[str, str]:
@@ -82,4 +84,4 @@ def interrupted_run(config: DictConfig) -> Interrupted:
     saved.resume = run_id
     recorded = {key: max(m.step for m in client.get_metric_history(run_id, key)) for key in run.data.metrics}
     choices = {key.removeprefix("choice."): value for key, value in tags.items() if key.startswith("choice.")}
-    return Interrupted(run_id, run.info.run_name, saved, checkpoint, choices, recorded)
+    return Interrupted(run_id, run.info.run_name, saved, checkpoint, choices, recorded, run.data.metrics)

@@ -172,7 +172,7 @@ def run(config: DictConfig) -> Result:
             mlflow.log_text(summary, "model_summary.txt")
         trainer.logger = logger
         logger.unsent_file = checkpoint_dir / resume.UNSENT_METRICS
-        results = fit_and_test(trainer, task, datamodule, resume_from)
+        results = (resumed.metrics if resumed else {}) | fit_and_test(trainer, task, datamodule, resume_from)
         logger.send_all(config.tracking.server_wait)  # a tracking server lost in training: back for the final records
         results = record(config, task, datamodule, results)
 
