@@ -103,7 +103,7 @@ class TrackingServer:
 
 
 @pytest.fixture
-def server(isolated):
+def mlflow_server(isolated):
     """A running TrackingServer, stopped at the end."""
     server = TrackingServer(isolated)
     server.start()
@@ -113,6 +113,6 @@ def server(isolated):
 
 
 @pytest.fixture
-def tracking_server(server):
+def tracking_server(mlflow_server):
     """A running tracking server's address."""
-    return server.uri
+    return mlflow_server.uri

@@ -246,51 +246,52 @@ def assert_recorded_in_full(server, run_id, epochs=100):
     assert mlflow.pytorch.load_model(local)(torch.rand(3, 2)).shape == (3, 1)
 
 
-def test_a_tracking_server_killed_mid_run_and_started_again_loses_no_metric(server):
-    process, run_id = served_run(server)
-    server.stop(signal.SIGKILL)
+def test_a_tracking_server_killed_mid_run_and_started_again_loses_no_metric(mlflow_server):
+    process, run_id = served_run(mlflow_server)
+    mlflow_server.stop(signal.SIGKILL)
     time.sleep(3)  # training goes on without the server
-    server.start()  # same port, same store
+    mlflow_server.start()  # same port, same store
     _, stderr = process.communicate(timeout=300)
 
     assert process.returncode == 0, stderr
-    assert f"warning: the MLflow tracking server {server.uri} does not answer; training goes on" in stderr
-    assert f"the MLflow tracking server {server.uri} is back" in stderr
-    assert_recorded_in_full(server, run_id)
+    assert f"warning: the MLflow tracking server {mlflow_server.uri} does not answer; training goes on" in stderr
+    assert f"the MLflow tracking server {mlflow_server.uri} is back" in stderr
+    assert_recorded_in_full(mlflow_server, run_id)
 
 
-def test_a_run_whose_server_does_not_come_back_says_where_its_records_are_and_resume_sends_them(server, isolated):
+def test_a_run_whose_server_stays_away_says_where_its_records_are_and_resume_sends_them(mlflow_server, isolated):
     # a checkpoint every epoch: the last one holds the whole training, which resuming then only records
-    process, run_id = served_run(server, "tracking.server_wait=2", "trainer.callbacks.1.interval=0")
-    server.stop(signal.SIGKILL)
+    process, run_id = served_run(mlflow_server, "tracking.server_wait=2", "trainer.callbacks.1.interval=0")
+    mlflow_server.stop(signal.SIGKILL)
     _, stderr = process.communicate(timeout=300)
 
     assert process.returncode == 2, stderr
     line = stderr.splitlines()[-1]
-    assert line.startswith(f"error: the MLflow tracking server {server.uri} did not come back within 2 s "), line
-    command = f"python -m experiments resume={run_id} tracking.tracking_uri={server.uri}"
+    assert line.startswith(f"error: the MLflow tracking server {mlflow_server.uri} did not come back within 2 s "), (
+        line)
+    command = f"python -m experiments resume={run_id} tracking.tracking_uri={mlflow_server.uri}"
     assert line.endswith(f"once the server is back, record the rest with {command}"), line
     (unsent,) = isolated.glob("outputs/*/*/checkpoints/unsent_metrics.json")
     assert f"its metrics not sent are in {unsent}" in line, stderr
     assert len(json.loads(unsent.read_text())) > 0
 
-    server.start()
+    mlflow_server.start()
     result = cli(*command.split()[1:])  # python -m experiments ...
     assert result.returncode == 0, result.stderr
     assert not unsent.exists(), "sent"
-    assert_recorded_in_full(server, run_id)
+    assert_recorded_in_full(mlflow_server, run_id)
 
 
-def test_a_sweep_that_lost_its_tracking_server_says_so_for_each_job_in_seconds(server):
-    process, run_id = served_run(server, "seed=0,1", "tracking.server_wait=1", multirun=True)
-    server.stop(signal.SIGKILL)
+def test_a_sweep_that_lost_its_tracking_server_says_so_for_each_job_in_seconds(mlflow_server):
+    process, run_id = served_run(mlflow_server, "seed=0,1", "tracking.server_wait=1", multirun=True)
+    mlflow_server.stop(signal.SIGKILL)
     _, stderr = process.communicate(timeout=120)
 
     assert process.returncode == 2, stderr
-    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert lines[0].startswith(f"error: job 0 (seed=0) failed: the MLflow tracking server {server.uri} did not come "
+    uri, lines = mlflow_server.uri, [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert lines[0].startswith(f"error: job 0 (seed=0) failed: the MLflow tracking server {uri} did not come "
                                "back within 1 s"), lines
-    assert lines[0].endswith(f"python -m experiments resume={run_id} tracking.tracking_uri={server.uri}")
-    assert lines[1].startswith(f"error: job 1 (seed=1) failed: the MLflow tracking server {server.uri} cannot be "
+    assert lines[0].endswith(f"python -m experiments resume={run_id} tracking.tracking_uri={uri}")
+    assert lines[1].startswith(f"error: job 1 (seed=1) failed: the MLflow tracking server {uri} cannot be "
                                "reached"), lines
     assert lines[2].startswith("error: the sweep's summary could not be recorded: the MLflow tracking server"), lines
