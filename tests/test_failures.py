@@ -146,14 +146,16 @@ def test_a_signal_stops_a_parallel_sweep_its_jobs_and_parent_killed(store, signu
         if len(runs) == 2:
             break
         time.sleep(0.2)
+    else:
+        raise AssertionError("the two workers did not both train")
     os.killpg(process.pid, signum) if to_group else process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
 
     assert process.returncode == exit_code, stderr
-    assert stderr.splitlines()[-1] == f"error: stopped by {signal.Signals(signum).name}"
+    assert f"error: stopped by {signal.Signals(signum).name}" in stderr.splitlines(), stderr
     parent, children = parent_and_children(store)  # the third job never started
-    assert [child.info.status for child in children] == ["KILLED", "KILLED"]
-    assert parent.info.status == "KILLED"
+    assert [child.info.status for child in children] == ["KILLED", "KILLED"], stderr
+    assert parent.info.status == "KILLED", stderr
     for child in children:
         assert f"run {child.info.run_id} KILLED; continue it from its last checkpoint with" in stderr
 
