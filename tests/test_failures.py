@@ -1,11 +1,14 @@
 """Nothing lost: a failed job does not stop its sweep, a diverging run fails at its epoch, a signal ends
-a run KILLED, interrupted runs resume, the store survives concurrent commands, server trouble is one line."""
+a run KILLED, interrupted runs resume, the store survives concurrent commands, server trouble is one line, and a
+tracking server lost in a run gets its records when it is back."""
 import json
 import math
+import os
 import signal
 import time
 
 import pytest
+import torch
 from conftest import QUIET, cli, start
 
 from test_sweeps import parent_and_children
@@ -130,6 +133,33 @@ def test_a_signal_in_a_sweep_ends_its_job_and_parent_killed(store):
     assert (parent.info.status, child.info.status) == ("KILLED", "KILLED")
 
 
+@pytest.mark.parametrize("signum, exit_code, to_group", [(signal.SIGTERM, 143, False), (signal.SIGINT, 130, True)])
+def test_a_signal_stops_a_parallel_sweep_its_jobs_and_parent_killed(store, signum, exit_code, to_group):
+    """hydra/launcher=parallel: SIGTERM to the command alone (`kill`, a scheduler), or SIGINT to its whole process
+    group (Ctrl-C in a terminal), which holds the jobs' worker processes."""
+    process = start("-m", "experiments", "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "data=circle",
+                    "trainer.max_epochs=100000", "seed=0,1,2", *QUIET, start_new_session=True)
+    for _ in range(600):  # both workers train
+        assert process.poll() is None, process.communicate()[1]
+        experiment = store.get_experiment_by_name("experiments")
+        runs = store.search_runs([experiment.experiment_id], "metrics.`train/loss` > 0") if experiment else []
+        if len(runs) == 2:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the two workers did not both train")
+    os.killpg(process.pid, signum) if to_group else process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == exit_code, stderr
+    assert f"error: stopped by {signal.Signals(signum).name}" in stderr.splitlines(), stderr
+    parent, children = parent_and_children(store)  # the third job never started
+    assert [child.info.status for child in children] == ["KILLED", "KILLED"], stderr
+    assert parent.info.status == "KILLED", stderr
+    for child in children:
+        assert f"run {child.info.run_id} KILLED; continue it from its last checkpoint with" in stderr
+
+
 def test_a_run_killed_by_sigkill_resumes_into_its_run_and_ends_as_if_never_stopped(store, isolated):
     epochs = 200  # some seconds: a checkpoint is saved a second into training, then killed
     setting = ["data=circle", "data.n_points=1000", f"trainer.max_epochs={epochs}", *QUIET]
@@ -189,3 +219,81 @@ def test_an_unreachable_tracking_server_is_one_line_naming_it_before_any_trainin
     assert result.stderr.splitlines()[-1].startswith(
         "error: the MLflow tracking server http://127.0.0.1:9 cannot be reached (")
     assert "Epoch" not in result.stdout + result.stderr
+
+
+def served_run(server, *overrides, multirun=False):
+    """Start a run (a sweep's first job) of some seconds tracked by `server`; the process and its run, once it has
+    recorded an epoch."""
+    from mlflow import MlflowClient
+
+    process = start("-m", "experiments", *["-m"] * multirun, "tracking=server", f"tracking.tracking_uri={server.uri}",
+                    "data=circle", "data.n_points=1000", "trainer.max_epochs=100", *overrides, *QUIET)
+    return process, running_run(MlflowClient(server.uri), process).info.run_id
+
+
+def assert_recorded_in_full(server, run_id, epochs=100):
+    """The run FINISHED on `server` with each epoch's metrics once, its final metrics, artifacts and model."""
+    import mlflow
+
+    client = mlflow.MlflowClient(server.uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for name in ("train/loss", "val/loss", "val/accuracy"):
+        steps = [m.step for m in client.get_metric_history(run_id, name)]
+        assert len(steps) == len(set(steps)) == epochs, f"{name}: each epoch once"
+    assert {"time/fit_seconds", "model/distinct_hidden_units"} <= set(run.data.metrics), "the final records"
+    assert {"config.yaml", "model.pt", "plots"} <= {artifact.path for artifact in client.list_artifacts(run_id)}
+    (model,) = client.search_logged_models([run.info.experiment_id], f"source_run_id = '{run_id}'")
+    local = mlflow.artifacts.download_artifacts(artifact_uri=model.artifact_location, tracking_uri=server.uri)
+    assert mlflow.pytorch.load_model(local)(torch.rand(3, 2)).shape == (3, 1)
+
+
+def test_a_tracking_server_killed_mid_run_and_started_again_loses_no_metric(mlflow_server):
+    process, run_id = served_run(mlflow_server)
+    mlflow_server.stop(signal.SIGKILL)
+    time.sleep(3)  # training goes on without the server
+    mlflow_server.start()  # same port, same store
+    _, stderr = process.communicate(timeout=300)
+
+    assert process.returncode == 0, stderr
+    assert f"warning: the MLflow tracking server {mlflow_server.uri} does not answer; training goes on" in stderr
+    assert f"the MLflow tracking server {mlflow_server.uri} is back" in stderr
+    assert_recorded_in_full(mlflow_server, run_id)
+
+
+def test_a_run_whose_server_stays_away_says_where_its_records_are_and_resume_sends_them(mlflow_server, isolated):
+    # a checkpoint every epoch: the last one holds the whole training, which resuming then only records
+    process, run_id = served_run(mlflow_server, "tracking.server_wait=2", "trainer.callbacks.last_checkpoint.interval=0")
+    mlflow_server.stop(signal.SIGKILL)
+    _, stderr = process.communicate(timeout=300)
+
+    assert process.returncode == 2, stderr
+    line = stderr.splitlines()[-1]
+    assert line.startswith(f"error: the MLflow tracking server {mlflow_server.uri} did not come back within 2 s "), (
+        line)
+    command = f"python -m experiments resume={run_id} tracking.tracking_uri={mlflow_server.uri}"
+    assert line.endswith(f"once the server is back, record the rest with {command}"), line
+    (unsent,) = isolated.glob("outputs/*/*/checkpoints/unsent_metrics.json")
+    assert f"its metrics not sent are in {unsent}" in line, stderr
+    assert len(json.loads(unsent.read_text())) > 0
+
+    mlflow_server.start()
+    result = cli(*command.split()[1:])  # python -m experiments ...
+    assert result.returncode == 0, result.stderr
+    assert not unsent.exists(), "sent"
+    assert_recorded_in_full(mlflow_server, run_id)
+
+
+def test_a_sweep_that_lost_its_tracking_server_says_so_for_each_job_in_seconds(mlflow_server):
+    process, run_id = served_run(mlflow_server, "seed=0,1", "tracking.server_wait=1", multirun=True)
+    mlflow_server.stop(signal.SIGKILL)
+    _, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 2, stderr
+    uri, lines = mlflow_server.uri, [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert lines[0].startswith(f"error: job 0 (seed=0) failed: the MLflow tracking server {uri} did not come "
+                               "back within 1 s"), lines
+    assert lines[0].endswith(f"python -m experiments resume={run_id} tracking.tracking_uri={uri}")
+    assert lines[1].startswith(f"error: job 1 (seed=1) failed: the MLflow tracking server {uri} cannot be "
+                               "reached"), lines
+    assert lines[2].startswith("error: the sweep's summary could not be recorded: the MLflow tracking server"), lines

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from conftest import QUIET, ROOT, cli, start
 from mlflow import MlflowClient
-from test_sweeps import tracking_server  # noqa: F401 - the fixture: `mlflow server` on 127.0.0.1
 
 CLUSTER = ROOT / "scripts" / "slurm_cluster.sh"
 # Jobs sized for this machine: one CPU and 1 GB each, no GPU, well inside the time limit.

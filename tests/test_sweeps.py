@@ -1,14 +1,6 @@
 """Sweeps: a multirun is one MLflow parent run with a child run per job, summarised on the parent."""
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
-import pytest
 import yaml
 from conftest import QUIET, cli
 
@@ -96,40 +88,6 @@ def test_an_8_job_sweep_in_parallel_processes_records_every_run_in_the_sqlite_st
     assert len({child.info.run_name for child in children}) == 8
     summary = json.loads(open(store.download_artifacts(parent.info.run_id, "sweep/children.json")).read())
     assert len(summary["data"]) == 8
-
-
-@pytest.fixture
-def tracking_server(isolated):
-    """`mlflow server` on 127.0.0.1 with a SQLite store and a local artifact folder; stopped at the end."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    uri = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{isolated}/server.db", "--artifacts-destination", str(isolated / "served")],
-        # No background job workers (this test needs none); its own process group, to stop them all.
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        for _ in range(240):  # up to 2 minutes to start on a busy machine
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                assert server.poll() is None, "mlflow server exited"
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not start")
-        yield uri
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and its workers
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 def test_the_server_preset_records_runs_and_artifacts_on_a_tracking_server(tracking_server, isolated):

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from experiments import errors, store, sweep
 from experiments.cli import check_override_types, objective_value, reported_as_one_line, run_app
+from experiments.errors import worker_stops_on_signals
 from experiments.ranges import check_ranges
 
 
@@ -37,11 +38,12 @@ def app(config: DictConfig) -> float | None:
     if job is None:
         with reported_as_one_line():
             return objective(config)
-    try:
-        return objective(config)
-    except Exception as error:
-        sweep.record_failed_job(config, job, error)
-        return None
+    with worker_stops_on_signals():  # a job in a worker process of hydra/launcher=parallel
+        try:
+            return objective(config)
+        except Exception as error:
+            sweep.record_failed_job(config, job, error)
+            return None
 
 
 def main() -> None:

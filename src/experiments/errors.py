@@ -1,9 +1,13 @@
 """The exception types the commands report in a line: bad input, divergence, a stop by a signal."""
+import logging
+import multiprocessing
 import os
 import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 
 class ConfigError(Exception):
@@ -12,6 +16,11 @@ class ConfigError(Exception):
 
 class Diverged(ConfigError):
     """Training produced a non-finite loss (or one past the divergence threshold): these settings cannot train."""
+
+
+class ServerLost(ConfigError):
+    """The tracking server went away during a run and did not come back in time; the message says where the
+    records it did not get are kept and how to send them."""
 
 
 class Stopped(BaseException):
@@ -30,6 +39,7 @@ class Requeued(Stopped):
 
 
 received_signal: int | None = None  # the signal that stopped this process, once one has
+WORKERS_GRACE_SECONDS = 20  # for the joblib launcher's workers to end their runs (schedulers wait 30 s to SIGKILL)
 
 
 def stop_on_signals() -> None:
@@ -39,6 +49,7 @@ def stop_on_signals() -> None:
         global received_signal
         if received_signal is None:  # a second Ctrl-C while stopping must not interrupt the clean-up
             received_signal = signum
+            stop_workers(signum)
             raise Stopped(signum)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -74,3 +85,43 @@ def requeued_on_signals() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def is_joblib_worker(process: multiprocessing.process.BaseProcess) -> bool:
+    """Whether `process` is a worker of the joblib launcher (hydra/launcher=parallel): a loky process."""
+    if "joblib.externals.loky.backend.process" not in sys.modules:  # none started here
+        return False
+    from joblib.externals.loky.backend.process import LokyProcess
+
+    return isinstance(process, LokyProcess)
+
+
+def stop_workers(signum: int) -> None:
+    """Pass the signal on to the joblib launcher's workers of this process, and give them WORKERS_GRACE_SECONDS
+    to end their runs KILLED (worker_stops_on_signals): once this process stops, joblib kills them (SIGKILL),
+    and a signal sent to this process alone (`kill`, a scheduler) would not reach them at all."""
+    workers = [process for process in multiprocessing.active_children() if is_joblib_worker(process)]
+    for worker in workers:
+        with suppress(ProcessLookupError):
+            os.kill(worker.pid, signum)
+    deadline = time.monotonic() + WORKERS_GRACE_SECONDS
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+
+
+@contextmanager
+def worker_stops_on_signals() -> Iterator[None]:
+    """Run a job in a worker of the joblib launcher as the command runs one: SIGINT and SIGTERM stop it, its run
+    ends KILLED; then the worker ends with 128+N, which the launching process waits for (stop_workers)."""
+    if not is_joblib_worker(multiprocessing.current_process()):
+        yield
+        return
+    stop_on_signals()
+    try:
+        yield
+    except Stopped as stop:
+        # exiting: raised on, the stop would go back to joblib, which hands the worker its next job
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(stop.exit_code)

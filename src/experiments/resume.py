@@ -7,7 +7,10 @@ training it (`checkpoint.dir`, `process.host`, `process.pid`). A run stopped by 
 process died (SIGKILL, a crash, a lost machine) stays RUNNING with a process that no longer exists. Either
 resumes into the same MLflow run, with the config it was started with. A SLURM job that SLURM stopped and
 requeued (errors.requeued_on_signals) continues its run by itself when it starts again (`requeued_run`).
+Metrics a lost tracking server did not get are kept beside the checkpoint (UNSENT_METRICS, by
+tracking.EpochLogger); resuming sends them first.
 """
+import json
 import os
 import socket
 import tempfile
@@ -22,6 +25,7 @@ from experiments import sweep
 from experiments.errors import ConfigError
 
 CHECKPOINT = "last.ckpt"
+UNSENT_METRICS = "unsent_metrics.json"  # beside it: metrics a lost tracking server did not get (tracking.EpochLogger)
 
 
 @dataclass
@@ -32,6 +36,8 @@ class Interrupted:
     checkpoint: Path
     choices: dict[str, str]             # its config groups' options (tags choice.*)
     recorded_steps: dict[str, int]      # each metric's last recorded step: resumed epochs are not logged twice
+    metrics: dict[str, float]           # each metric's last recorded value: the final ones of a run stopped after
+                                        # its training (its checkpoint at the last epoch), which trains no more
 
 
 def process_tags(checkpoint_dir: Path) -> dict[str, str]:
@@ -72,11 +78,18 @@ def interrupted_run(config: DictConfig, requeued: bool = False) -> Interrupted:
     if "checkpoint.dir" not in tags or not (checkpoint.is_file() or requeued):
         raise ConfigError(f"resume={run_id}: no checkpoint at {checkpoint} (one is saved at an epoch's end once a second has passed: "
                           "the run stopped before its first, or the folder was removed); start it again instead")
+    unsent = checkpoint.parent / UNSENT_METRICS
+    if unsent.is_file():
+        from mlflow.entities import Metric
+
+        client.log_batch(run_id, metrics=[Metric(*metric) for metric in json.loads(unsent.read_text())])
+        unsent.unlink()
+        run = client.get_run(run_id)
     saved = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", tempfile.mkdtemp()))
     saved.resume = run_id
     recorded = {key: max(m.step for m in client.get_metric_history(run_id, key)) for key in run.data.metrics}
     choices = {key.removeprefix("choice."): value for key, value in tags.items() if key.startswith("choice.")}
-    return Interrupted(run_id, run.info.run_name, saved, checkpoint, choices, recorded)
+    return Interrupted(run_id, run.info.run_name, saved, checkpoint, choices, recorded, run.data.metrics)
 
 
 def requeued_run(config: DictConfig) -> Interrupted | None:

@@ -180,7 +180,10 @@ def run(config: DictConfig) -> Result:
         if not resumed:
             mlflow.log_text(summary, "model_summary.txt")
         trainer.logger = logger
-        results = record(config, task, datamodule, fit_and_test(trainer, task, datamodule, resume_from))
+        logger.unsent_file = checkpoint_dir / resume.UNSENT_METRICS
+        results = (resumed.metrics if resumed else {}) | fit_and_test(trainer, task, datamodule, resume_from)
+        logger.send_all(config.tracking.server_wait)  # a tracking server lost in training: back for the final records
+        results = record(config, task, datamodule, results)
 
     print_results(f"{choices['data']} · {choices['model']} · {trainer.current_epoch} epochs", results, logger.run_id,
                   tracking.ui_command(config.tracking.tracking_uri), output_dir())

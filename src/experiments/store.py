@@ -43,15 +43,27 @@ def one_process_at_a_time(tracking_uri: str) -> Iterator[None]:
         os.close(folder)
 
 
+def is_server(tracking_uri: str) -> bool:
+    return tracking_uri.startswith(("http://", "https://"))
+
+
+def unreachable(tracking_uri: str, timeout: float = SERVER_TIMEOUT_SECONDS) -> OSError | None:
+    """Why the tracking server at `tracking_uri` does not answer its health check; None when it answers (or the
+    store is no server)."""
+    if not is_server(tracking_uri):
+        return None
+    try:
+        urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:  # it answers (a proxy's or an authenticating server's refusal): MLflow says more
+        return None
+    except (urllib.error.URLError, OSError) as error:
+        return error
+    return None
+
+
 def check_reachable(tracking_uri: str) -> None:
     """A tracking server that does not answer is one line naming it, within seconds, before anything trains."""
-    if not tracking_uri.startswith(("http://", "https://")):
-        return
-    try:
-        urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=SERVER_TIMEOUT_SECONDS).close()
-    except urllib.error.HTTPError:  # it answers (a proxy's or an authenticating server's refusal): MLflow says more
-        return
-    except (urllib.error.URLError, OSError) as error:
+    if error := unreachable(tracking_uri):
         reason = getattr(error, "reason", error)
         raise ConfigError(f"the MLflow tracking server {tracking_uri} cannot be reached ({reason}); start it "
                           "(mlflow server ...) or set tracking.tracking_uri (or MLFLOW_TRACKING_URI) to a "

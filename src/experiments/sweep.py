@@ -81,6 +81,8 @@ def record_failed_job(config: DictConfig, job: Job, error: Exception) -> None:
 
     line = error_line(error)
     print(f"error: job {job.number} ({job.name}) failed: {line}", file=sys.stderr)
+    if store.unreachable(config.tracking.tracking_uri):  # a lost tracking server: nothing can be recorded there
+        return
     client = mlflow.MlflowClient(config.tracking.tracking_uri)
     child = child_run(client, job)
     if child:
@@ -217,6 +219,7 @@ class ParentRun(Callback):
         the parent (FAILED when a job failed); the number of jobs that failed."""
         import mlflow
 
+        store.check_reachable(self.tracking_uri)  # in seconds: MLflow would retry a lost server for minutes
         client, parent_run_id = mlflow.MlflowClient(self.tracking_uri), self.run_id
         sweep_dir = Path(config.hydra.sweep.dir)
         keys = json.loads((sweep_dir / PARENT_FILE).read_text())["swept"]
@@ -254,7 +257,7 @@ class ParentRun(Callback):
         self.end("KILLED" if errors.received_signal else "FAILED")
 
     def end(self, status: str) -> None:
-        if self.run_id is not None:
+        if self.run_id is not None and not store.unreachable(self.tracking_uri):
             import mlflow
 
             mlflow.MlflowClient(self.tracking_uri).set_terminated(self.run_id, status)

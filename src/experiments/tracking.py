@@ -1,20 +1,24 @@
 """MLflow tracking: one MLflow run per experiment run, read by Lightning's MLFlowLogger for the
 per-epoch metrics, and by MLflow's own API for params, config, timings and the model."""
+import json
+import os
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 
 import mlflow
 import pandas as pd
 import torch
 from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import store
 from experiments.cli import error_line
-from experiments.errors import Requeued, Stopped
+from experiments.errors import Requeued, ServerLost, Stopped
 from experiments.resume import Interrupted
 from experiments.task import apply
 
@@ -22,6 +26,26 @@ from experiments.task import apply
 def flatten(config: DictConfig) -> dict[str, object]:
     """The resolved config as `group.key` params, named as on the command line (`optimizer.lr`)."""
     return pd.json_normalize(OmegaConf.to_container(config, resolve=True), sep=".").iloc[0].to_dict()
+
+
+FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+RETRY_SECONDS = 30  # the longest wait between two tries to send to a lost server
+
+
+@contextmanager
+def failing_fast() -> Iterator[None]:
+    """MLflow's HTTP requests tried once, with a short timeout: by default MLflow retries a server that does not
+    answer for minutes, during which training would stand still (the metrics not sent are kept instead)."""
+    saved = {name: os.environ.get(name) for name in FAIL_FAST}
+    os.environ.update(FAIL_FAST)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
 
 
 class EpochLogger(MLFlowLogger):
@@ -34,12 +58,20 @@ class EpochLogger(MLFlowLogger):
     Finalizing leaves the run open: the run's context (start_run) ends it once its records are complete.
     In a resumed run, values at steps the run recorded before it stopped (`recorded_steps`, the last step
     per metric) are not sent again: the epochs after its last checkpoint train again.
+
+    A tracking server lost during training does not stop it: the metrics it does not take are kept and
+    sent again later (after 1, 2, 4, ... up to RETRY_SECONDS s) and by `send_all` once training ends. At each
+    checkpoint they are also written to `unsent_file`, beside it, which resuming the run sends.
     """
 
     def __init__(self, *args, recorded_steps: dict[str, int] | None = None, interval: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.recorded_steps, self.interval = recorded_steps or {}, interval
         self.pending, self.sent = {}, time.monotonic()
+        self.unsent: list = []  # mlflow Metric objects a lost server did not take, timestamped when first sent
+        self.unsent_file: Path | None = None
+        self.lost = False  # whether the server did not take the last send
+        self.wait = self.retry_after = 0.0  # while lost: seconds between tries, and when the next may be
 
     def log_metrics(self, metrics, step=None) -> None:
         new = {key: value for key, value in metrics.items() if step is None or step > self.recorded_steps.get(key, -1)}
@@ -47,26 +79,79 @@ class EpochLogger(MLFlowLogger):
         if time.monotonic() - self.sent >= self.interval:
             self.flush()
 
-    def flush(self) -> None:
-        """Send the metrics held back, in one batch (MLflow splits it at its limit)."""
+    def flush(self, retry_now: bool = False) -> bool:
+        """Send the metrics held back, in one batch (MLflow splits it at its limit); whether all are sent.
+        While the server is lost, a send is tried again only once its wait has passed, or when `retry_now`."""
         from mlflow.entities import Metric
 
         self.sent, timestamp = time.monotonic(), int(time.time() * 1000)
-        metrics = [Metric(key, float(value), timestamp, step or 0)
-                   for step, values in self.pending.items() for key, value in values.items()]
+        self.unsent += [Metric(key, float(value), timestamp, step or 0)
+                        for step, values in self.pending.items() for key, value in values.items()]
         self.pending = {}
-        if metrics:
-            self.experiment.log_batch(self.run_id, metrics=metrics)
+        if not self.unsent or (self.lost and not retry_now and self.sent < self.retry_after):
+            return not self.unsent
+        try:
+            with failing_fast():
+                self.experiment.log_batch(self.run_id, metrics=self.unsent)
+        except MlflowException:
+            if not store.is_server(self._tracking_uri):
+                raise
+            if not self.lost:
+                print(f"warning: the MLflow tracking server {self._tracking_uri} does not answer; training goes on, "
+                      "its metrics are kept and sent when the server is back", file=sys.stderr)
+            self.wait = min(2 * self.wait, RETRY_SECONDS) if self.lost else self.interval
+            self.lost, self.retry_after = True, self.sent + self.wait
+            return False
+        if self.lost:
+            print(f"the MLflow tracking server {self._tracking_uri} is back: {len(self.unsent)} metric values "
+                  "held back are sent", file=sys.stderr)
+        self.unsent, self.lost = [], False
+        self.keep_unsent()
+        return True
+
+    def keep_unsent(self) -> None:
+        """Write the metrics not sent to `unsent_file` (removed once all are sent)."""
+        if self.unsent_file is None:
+            return
+        if self.unsent:
+            self.unsent_file.parent.mkdir(parents=True, exist_ok=True)
+            self.unsent_file.write_text(json.dumps([[m.key, m.value, m.timestamp, m.step] for m in self.unsent]))
+        else:
+            self.unsent_file.unlink(missing_ok=True)
+
+    def send_all(self, timeout: float) -> None:
+        """Send every metric held back, with a lost server given up to `timeout` seconds to come back; if it
+        does not, keep them in `unsent_file` and raise ServerLost, saying how to send them later."""
+        deadline = time.monotonic() + timeout
+        if self.flush(retry_now=True) and not store.unreachable(self._tracking_uri):
+            return
+        self.lost = True
+        print(f"the MLflow tracking server {self._tracking_uri} does not answer; waiting up to {timeout:g} s "
+              "(tracking.server_wait) for it to record the run", file=sys.stderr)
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            if self.flush(retry_now=True) and not store.unreachable(self._tracking_uri, timeout=1):
+                self.lost = False
+                return
+        self.keep_unsent()
+        where = f"its metrics not sent are in {self.unsent_file}, its" if self.unsent else "its"
+        raise ServerLost(f"the MLflow tracking server {self._tracking_uri} did not come back within {timeout:g} s "
+                         f"(tracking.server_wait); the run {self.run_id} is not complete there, {where} training "
+                         f"state in {self.unsent_file.parent}: once the server is back, record the rest with "
+                         f"{resume_command(self.run_id, self._tracking_uri)}")
 
     def save(self) -> None:
         self.flush()
 
     def after_save_checkpoint(self, checkpoint_callback) -> None:
-        # a resumed run continues from its checkpoint: the epochs before it must all be in the store
+        # a resumed run continues from its checkpoint: the epochs before it must all be in the store, or in
+        # the file beside it that resuming sends
         self.flush()
+        self.keep_unsent()
 
     def finalize(self, status: str = "success") -> None:
         self.flush()
+        self.keep_unsent()
 
 
 @contextmanager
@@ -96,20 +181,40 @@ def start_run(config: DictConfig, run_name: str, choices: dict[str, str | None],
             mlflow.log_text(OmegaConf.to_yaml(config, resolve=True), "config.yaml")
         yield logger
     except Requeued:
-        mlflow.end_run("SCHEDULED")
+        end_run("SCHEDULED", logger)
         print(f"run {run.info.run_id} SCHEDULED: SLURM requeued the job, which continues the run from its last "
               "checkpoint when it starts again", file=sys.stderr)
         raise
     except Stopped:
-        mlflow.end_run("KILLED")
-        print(f"run {run.info.run_id} KILLED; continue it from its last checkpoint with: "
-              f"python -m experiments resume={run.info.run_id}", file=sys.stderr)
+        end_run("KILLED", logger)
+        ended = "KILLED" if not logger.lost else (
+            "stopped (its tracking server does not answer: the metrics it did not get are kept beside the checkpoint)")
+        print(f"run {run.info.run_id} {ended}; continue it from its last checkpoint with: "
+              f"{resume_command(run.info.run_id, tracking.tracking_uri)}", file=sys.stderr)
         raise
     except BaseException as error:
-        mlflow.set_tag("error", error_line(error))
-        mlflow.end_run("FAILED")
+        end_run("FAILED", logger, {"error": error_line(error)})
         raise
     mlflow.end_run()
+
+
+def resume_command(run_id: str, tracking_uri: str) -> str:
+    """The command that continues an interrupted run; it finds a tracking server's runs by its address."""
+    server = f" tracking.tracking_uri={tracking_uri}" if store.is_server(tracking_uri) else ""
+    return f"python -m experiments resume={run_id}{server}"
+
+
+def end_run(status: str, logger: EpochLogger, tags: dict[str, str] | None = None) -> None:
+    """End the active run `status`, tagged `tags`. With its tracking server lost, tried once, untagged: the run
+    may then stay RUNNING there, as a run whose process died, which resuming continues."""
+    logger.lost = logger.lost or bool(store.unreachable(logger._tracking_uri))  # lost since the last metrics
+    if not logger.lost:
+        if tags:
+            mlflow.set_tags(tags)
+        mlflow.end_run(status)
+        return
+    with failing_fast(), suppress(MlflowException):
+        mlflow.end_run(status)  # takes the run off MLflow's active runs, then sends its status
 
 
 def log_model(model: torch.nn.Module, input_example: torch.Tensor | tuple[torch.Tensor, ...]) -> None:
@@ -138,5 +243,4 @@ def log_model(model: torch.nn.Module, input_example: torch.Tensor | tuple[torch.
 
 def ui_command(tracking_uri: str) -> str:
     """How to see the runs: a tracking server serves its own UI at its address."""
-    served = tracking_uri.startswith(("http://", "https://"))
-    return tracking_uri if served else f"mlflow ui --backend-store-uri {tracking_uri}"
+    return tracking_uri if store.is_server(tracking_uri) else f"mlflow ui --backend-store-uri {tracking_uri}"
