@@ -116,3 +116,14 @@ def mlflow_server(isolated):
 def tracking_server(mlflow_server):
     """A running tracking server's address."""
     return mlflow_server.uri
+
+
+def assert_continued_as_uninterrupted(client, run_id: str, uninterrupted_id: str, epochs: int) -> None:
+    """A run continued after a stop has the final metrics of an uninterrupted run with the same seed, and
+    records each of its epochs once."""
+    metrics, reference = client.get_run(run_id).data.metrics, client.get_run(uninterrupted_id).data.metrics
+    for name in ("train/loss", "val/loss", "val/accuracy"):
+        assert metrics[name] == reference[name], name
+        steps = [m.step for m in client.get_metric_history(run_id, name)]
+        assert sorted(steps) == [m.step for m in client.get_metric_history(uninterrupted_id, name)]
+        assert len(steps) == epochs, f"{name}: each epoch once"

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from conftest import QUIET, cli, start
+from conftest import QUIET, assert_continued_as_uninterrupted, cli, start
 
 from test_sweeps import parent_and_children
 
@@ -178,11 +178,7 @@ def test_a_run_killed_by_sigkill_resumes_into_its_run_and_ends_as_if_never_stopp
     resumed = store.get_run(run.info.run_id)
     assert resumed.info.status == "FINISHED"
     (uninterrupted,) = store.search_runs([store.get_experiment_by_name("uninterrupted").experiment_id])
-    for name in ("train/loss", "val/loss", "val/accuracy"):
-        assert resumed.data.metrics[name] == uninterrupted.data.metrics[name], name
-        steps = [m.step for m in store.get_metric_history(run.info.run_id, name)]
-        assert sorted(steps) == [m.step for m in store.get_metric_history(uninterrupted.info.run_id, name)]
-        assert len(steps) == epochs, f"{name}: each epoch once"
+    assert_continued_as_uninterrupted(store, run.info.run_id, uninterrupted.info.run_id, epochs)
     assert len(store.search_runs([resumed.info.experiment_id])) == 1, "no second run"
 
 
