@@ -113,3 +113,16 @@ def test_progress_bar_over_epochs_on_a_terminal(tmp_path):
     assert not any(chatter in text for chatter in CHATTER)
     assert not re.search(r"^epoch \d", stdout, re.MULTILINE)
     assert "circle · mlp · 3 epochs" in stdout and "Output folder: outputs/" in stdout
+
+
+def test_a_sweep_launched_in_a_new_folder_prints_no_library_chatter(tmp_path):
+    # the launching process creates the store (the sweep's parent run) and, vectorised, builds the trainers
+    for launcher in ("basic", "vectorized"):
+        folder = tmp_path / launcher
+        folder.mkdir()
+        result = cli("-m", "experiments", "-m", f"hydra/launcher={launcher}", "seed=0,1", "data=xor",
+                     "trainer.max_epochs=1", "trainer.enable_progress_bar=false", cwd=folder)
+        assert result.returncode == 0, result.stderr
+        for chatter in (*CHATTER, "GPU available", "Running upgrade"):
+            assert chatter not in result.stdout + result.stderr, (launcher, chatter)
+        assert "2 jobs" in result.stdout + result.stderr  # the sweep's own lines stay

@@ -15,6 +15,7 @@ values, or a torchmetrics Metric over the whole epoch) and are computed from the
 """
 import copy
 import inspect
+import logging
 import math
 import os
 import time
@@ -143,7 +144,15 @@ def prepare(job: Job, trainers: dict[str, L.Trainer]) -> None:
         job.task, job.datamodule = run.build(config)
         trainer_key = repr(OmegaConf.to_container(config.trainer, resolve=True))
         if trainer_key not in trainers:  # Lightning decides the device, as for a single run
-            trainers[trainer_key] = run.build_trainer(config.trainer, [])
+            # built in the launcher, outside the jobs' logging config (conf/config.yaml's job_logging), where
+            # Lightning's hardware lines and tips would reach the console
+            lightning_log = logging.getLogger("lightning.pytorch")
+            level = lightning_log.level
+            lightning_log.setLevel(logging.WARNING)
+            try:
+                trainers[trainer_key] = run.build_trainer(config.trainer, [])
+            finally:
+                lightning_log.setLevel(level)
         job.trainer = trainers[trainer_key]
         job.reason = obstacle(config, job.task, job.datamodule, job.trainer)
         job.key = group_key(config)
