@@ -1,8 +1,11 @@
 """hydra/launcher=vectorized: jobs that differ only in seed, initialisation and optimizer numbers train as
 one program, and each job is still its own run with the same results as the job run alone."""
+import signal
+import time
+
 import pytest
 import yaml
-from conftest import QUIET, cli
+from conftest import QUIET, cli, start
 from mlflow import MlflowClient
 
 VECTORIZED = ["-m", "experiments", "-m", "hydra/launcher=vectorized"]
@@ -181,3 +184,22 @@ def test_an_optuna_search_through_the_launcher_is_one_group_per_batch_of_trials(
     best = min(runs, key=lambda run: run.data.metrics["val/loss"])
     (results_file,) = (isolated / "multirun").glob("*/*/optimization_results.yaml")
     assert yaml.safe_load(results_file.read_text())["best_value"] == best.data.metrics["val/loss"]
+
+
+def test_a_signal_stops_a_training_group_with_its_sweep_killed_and_no_run_left_running(isolated):
+    process = start("-m", "experiments", "-m", "hydra/launcher=vectorized", "data=circle", "trainer.max_epochs=100000",
+                    "seed=0,1", *QUIET)
+    for line in process.stdout:  # the group is planned, then trains
+        if "vectorized: 2 of 2 jobs in 1 group(s)" in line:
+            break
+    time.sleep(2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 143, stderr
+    assert "error: stopped by SIGTERM" in stderr.splitlines(), stderr
+    client = MlflowClient(f"sqlite:///{isolated}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("experiments").experiment_id])
+    parent = next(run for run in runs if "mlflow.parentRunId" not in run.data.tags)
+    assert parent.info.status == "KILLED"
+    assert not [run for run in runs if run.info.status == "RUNNING"]
