@@ -113,9 +113,9 @@ class Task(L.LightningModule):
     def on_fit_start(self):
         """Choose how to run the backward pass and the optimizer's step. Lightning's manual_backward and its
         optimizer wrapper's step call the precision plugin, the strategy and five hooks around loss.backward()
-        and optimizer.step(); on REFERENCE.md E2's 50,000 steps the wrapper's step alone cost about 3 s of a 16 s fit. They do nothing in one
-        process at full precision when no callback (and not this module) implements one of those hooks, so then
-        the step calls loss.backward() and the optimizer's step itself."""
+        and optimizer.step(); on REFERENCE.md E2's 50,000 steps the wrapper's step alone cost about 3 s of a
+        16 s fit. They do nothing in one process at full precision when no callback (and not this module)
+        implements one of those hooks, so then the step calls loss.backward() and the optimizer's step itself."""
         self.plain_steps = self.steps_can_be_plain()
 
     def steps_can_be_plain(self) -> bool:
