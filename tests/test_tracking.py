@@ -52,3 +52,20 @@ def test_every_job_of_a_sweep_lands_in_the_one_store(tmp_path, store):
     assert sorted(r.data.params["model.hidden_sizes"] for r in runs) == ["[32, 32]", "[]"]
     assert all(r.info.status == "FINISHED" for r in runs)
     assert list(tmp_path.glob("multirun/*/*/0/.hydra/config.yaml"))
+
+
+def test_each_metric_is_recorded_once_an_epoch_whenever_it_is_sent(store, monkeypatch):
+    # sent at every log call, so that an epoch's training values and its validation values (both with `epoch`,
+    # at the same step) go in separate batches, as they do now and then at the 1-second interval
+    from functools import partialmethod
+
+    from experiments.tracking import EpochLogger
+
+    monkeypatch.setattr(EpochLogger, "__init__", partialmethod(EpochLogger.__init__, interval=0.0))
+    result = run_experiment(["data=circle", "trainer.max_epochs=3", *QUIET])
+    for key in ("epoch", "train/loss", "val/loss", "val/accuracy"):
+        history = store.get_metric_history(result.run_id, key)
+        assert len(history) == 3, key
+        assert len({metric.step for metric in history}) == 3, key
+    assert [metric.value for metric in sorted(store.get_metric_history(result.run_id, "epoch"),
+                                              key=lambda metric: metric.step)] == [0, 1, 2]

@@ -124,17 +124,19 @@ def open_run(config: DictConfig, choices, tags: dict[str, str] | None = None, re
     return tracking.start_run(config, run_name, choices, job and job.parent_run_id, tags, resumed)
 
 
-def record(config: DictConfig, task: Task, datamodule, results: dict[str, float]) -> dict[str, float]:
+def record(config: DictConfig, task: Task, datamodule, results: dict[str, float],
+           losses: dict[str, list[float]] | None = None) -> dict[str, float]:
     """What a job records in its open MLflow run once trained: timings, model diagnostics, plots, the
-    dataset's extras, model.pt and the MLflow model; `results` (the final metrics) plus what it adds."""
+    dataset's extras, model.pt and the MLflow model; `results` (the final metrics) plus what it adds.
+    `losses`: the per-epoch losses for the plots (plots.loss_history), when not read from the run."""
     model = task.model
     model.cpu()  # plots and the logged model's example run on the CPU, whatever trained it
     if hasattr(model, "diagnostics"):
         results |= {f"model/{name}": value for name, value in model.diagnostics().items()}
     mlflow.log_metrics({key: value for key, value in results.items() if key.split("/")[0] in ("time", "model")})
     accuracy = task.metrics.get("accuracy")
-    plots.log_plots(mlflow.active_run().info.run_id, model, datamodule,
-                    accuracy.keywords["threshold"] if accuracy else 0.5, output_dir())
+    plots.log_plots(model, datamodule, accuracy.keywords["threshold"] if accuracy else 0.5,
+                    losses or plots.loss_history(mlflow.active_run().info.run_id), output_dir())
     results |= datamodule.log_extras(model)
     saved = checkpoint.save(config, model, datamodule, output_dir())
     if datamodule.preprocessing is None:

@@ -56,8 +56,10 @@ class EpochLogger(MLFlowLogger):
     sent when a checkpoint is saved and when the logger is saved or finalized, which Lightning does when
     training ends, however it ends.
     Finalizing leaves the run open: the run's context (start_run) ends it once its records are complete.
-    In a resumed run, values at steps the run recorded before it stopped (`recorded_steps`, the last step
-    per metric) are not sent again: the epochs after its last checkpoint train again.
+    A metric is recorded once a step: the training and validation ends of an epoch both log `epoch` at
+    the same step, and sent in two batches it made two rows. In a resumed run, values at steps the run
+    recorded before it stopped (`recorded_steps`, the last step per metric) are not sent again: the
+    epochs after its last checkpoint train again.
 
     A tracking server lost during training does not stop it: the metrics it does not take are kept and
     sent again later (after 1, 2, 4, ... up to RETRY_SECONDS s) and by `send_all` once training ends. At each
@@ -75,6 +77,8 @@ class EpochLogger(MLFlowLogger):
 
     def log_metrics(self, metrics, step=None) -> None:
         new = {key: value for key, value in metrics.items() if step is None or step > self.recorded_steps.get(key, -1)}
+        if step is not None:
+            self.recorded_steps |= dict.fromkeys(new, step)
         self.pending.setdefault(step, {}).update(new)
         if time.monotonic() - self.sent >= self.interval:
             self.flush()

@@ -525,10 +525,16 @@ def record(config: DictConfig, job: Job, trained: Trained) -> dict[str, float]:
     try:
         with run.open_run(config, choices) as logger:
             mlflow.log_text(trained.summary, "model_summary.txt")
-            log_history(logger.run_id, trained.history)
             if trained.error:  # its run ends FAILED with the error's line, as a single run's does
+                log_history(logger.run_id, trained.history)
                 raise trained.error
-            results = run.record(config, task, datamodule, dict(trained.results))
+            # The history after the MLflow model, but for its step 0: logging a model reads the run's whole history of
+            # every metric to link the model with their values at step 0 (0.3 s a job of REFERENCE.md E2's 500 epochs)
+            log_history(logger.run_id, [(step, values) for step, values in trained.history if step == 0])
+            losses = {stage: [values[f"{stage}/loss"] for _, values in trained.history if f"{stage}/loss" in values]
+                      for stage in ("train", "val")}
+            results = run.record(config, task, datamodule, dict(trained.results), losses)
+            log_history(logger.run_id, [(step, values) for step, values in trained.history if step != 0])
     finally:
         release(job)
     print_results(f"{choices.data} · {choices.model} · {trained.epochs} epochs · vectorised, a group of "
