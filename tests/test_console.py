@@ -126,3 +126,6 @@ def test_a_sweep_launched_in_a_new_folder_prints_no_library_chatter(tmp_path):
         for chatter in (*CHATTER, "GPU available", "Running upgrade"):
             assert chatter not in result.stdout + result.stderr, (launcher, chatter)
         assert "2 jobs" in result.stdout + result.stderr  # the sweep's own lines stay
+        # each job's results, the jobs' one model summarised once
+        assert result.stdout.count("xor · mlp · 1 epochs") == 2, (launcher, result.stdout)
+        assert result.stdout.count("Trainable params") == 1, (launcher, result.stdout)

@@ -28,17 +28,29 @@ class ModelLayers(ModelSummary):
         return [(name, module) for name, module in super().named_modules if name.split(".")[0] == "model"]
 
 
+# Summaries by architecture, and those printed, in this process: a sweep's jobs mostly share one model, whose
+# summary costs 0.1 s a job (a forward pass counting FLOPs) and would print the same table for each job.
+_summaries: dict[str, str] = {}
+_printed: set[str] = set()
+
+
 def model_summary(task) -> str:
     """Lightning's summary of the model: each layer with its input and output sizes (from the task's
-    example_input_array, a batch of 2) and parameter count, then the totals."""
-    return str(ModelLayers(task, max_depth=-1))
+    example_input_array, a batch of 2) and parameter count, then the totals. It depends on the architecture
+    only (the layers, the parameters' shapes and the inputs' shapes), not on the weights."""
+    inputs = task.example_input_array
+    architecture = repr((task.model, [(name, p.shape) for name, p in task.model.named_parameters()],
+                         [x.shape for x in (inputs if isinstance(inputs, tuple) else (inputs,))]))
+    if architecture not in _summaries:
+        _summaries[architecture] = str(ModelLayers(task, max_depth=-1))
+    return _summaries[architecture]
 
 
-def print_model_summary(task) -> str:
-    """Print and return the model's summary."""
-    summary = model_summary(task)
-    print(summary)
-    return summary
+def print_model_summary(summary: str) -> None:
+    """Print a model's summary, unless this process printed it already (an earlier job of the sweep)."""
+    if summary not in _printed:
+        _printed.add(summary)
+        print(summary)
 
 
 def print_results(title: str, results: dict[str, float], run_id: str, ui_command: str,

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments import checkpoint, models, plots, resume, sweep, tracking
 from experiments.errors import ConfigError
-from experiments.report import log_choices, print_model_summary, print_results
+from experiments.report import log_choices, model_summary, print_model_summary, print_results
 from experiments.task import Task, apply
 
 
@@ -176,7 +176,8 @@ def run(config: DictConfig) -> Result:
         return Result(None, fit_and_test(trainer, task, datamodule, resume_from), model, datamodule.preprocessing)
     choices = resumed.choices if resumed else HydraConfig.get().runtime.choices
     log_choices(choices, HydraConfig.get().overrides.task)
-    summary = print_model_summary(task)
+    summary = model_summary(task)
+    print_model_summary(summary)
 
     with open_run(config, choices, resume.process_tags(checkpoint_dir), resumed) as logger:
         if not resumed:

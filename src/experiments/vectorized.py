@@ -34,7 +34,7 @@ from experiments import run, tracking
 from experiments.callbacks import StopOnDivergence
 from experiments.cli import check_override_types
 from experiments.errors import Diverged
-from experiments.report import model_summary, print_results
+from experiments.report import model_summary, print_model_summary, print_results
 from experiments.models.target_scale import TargetScaled
 from experiments.task import Task
 
@@ -485,7 +485,7 @@ class Group:
             latest |= tested
         self._write_back()
         share = seconds / len(self.jobs)
-        summary = model_summary(self.task)  # computed once: 0.1 s a job (a forward counting FLOPs)
+        summary = model_summary(self.task)
         trained = {}
         for position, job in enumerate(self.jobs):
             results = {name: float(value[position]) for name, value in latest.items()}
@@ -520,7 +520,7 @@ def record(config: DictConfig, job: Job, trained: Trained) -> dict[str, float]:
     """Record a job trained in a group as a single run records itself: its own MLflow run (a child of the
     sweep's parent) with params, per-epoch and final metrics, timings, plots, model and model.pt."""
     task, datamodule = job.task, job.datamodule
-    print(trained.summary)
+    print_model_summary(trained.summary)
     choices = HydraConfig.get().runtime.choices
     try:
         with run.open_run(config, choices) as logger:
