@@ -108,14 +108,12 @@ def obstacle(config: DictConfig, task: Task, datamodule, trainer: L.Trainer) -> 
     model = task.model
     if hasattr(model, "fit"):
         return "its model is fitted in closed form"
-    if next(model.buffers(), None) is not None:
+    if next(network(model).buffers(), None) is not None:
         return "its model has buffers (batch norm), which every job would update"
     if any(isinstance(module, torch.nn.modules.dropout._DropoutNd) for module in model.modules()):
         return "its model has dropout, whose random masks differ from a single run's"
     if not isinstance(datamodule.train.inputs, torch.Tensor):
         return "its model takes several inputs"
-    if isinstance(model, TargetScaled):
-        return "its model scales its outputs to a regression target's units, which the vectorised loop does not follow"
     if trainer.world_size > 1:
         return "it trains on several devices (DDP)"
     other = sorted(set(config.trainer) - TRAINER_KEYS)
@@ -130,6 +128,12 @@ def obstacle(config: DictConfig, task: Task, datamodule, trainer: L.Trainer) -> 
     except (ValueError, TypeError) as error:
         return f"its optimizer rejects its settings ({str(error).splitlines()[0]})"
     return None
+
+
+def network(model: torch.nn.Module) -> torch.nn.Module:
+    """What of a model trains: a TargetScaled model's network (its scaling, fixed buffers of each job's own,
+    the group applies itself), or the model."""
+    return model.network if isinstance(model, TargetScaled) else model
 
 
 def prepare(job: Job, trainers: dict[str, L.Trainer]) -> None:
@@ -361,7 +365,7 @@ class Group:
             peak = job.task.scheduler.keywords.get("max_lr") if job.task.scheduler else None
             settings.setdefault(repr((sorted(job.task.optimizer.keywords.items()), peak)), []).append(job)
         self.jobs = [job for members in settings.values() for job in members]
-        params, _ = stack_module_state([job.task.model for job in self.jobs])
+        params, _ = stack_module_state([network(job.task.model) for job in self.jobs])
         self.params = {name: tensor.detach().to(self.device).requires_grad_() for name, tensor in params.items()}
         self.slices, start = [], 0
         for members in settings.values():
@@ -370,15 +374,35 @@ class Group:
                      [tensor.detach()[start : start + len(members)] for tensor in self.params.values()])
             self.slices.append((views, start, start + len(members), members[0].task))
             start += len(members)
-        self.forward = stacked_forward(first.task.model)
-        if self.forward is None:
-            model = copy.deepcopy(first.task.model).to("meta")  # the architecture; functional_call supplies weights
-            self.forward = vmap(lambda params, inputs: functional_call(model, params, (inputs,)))
+        forward = stacked_forward(network(first.task.model))
+        if forward is None:
+            # the architecture; functional_call supplies the weights
+            model = copy.deepcopy(network(first.task.model)).to("meta")
+            forward = vmap(lambda params, inputs: functional_call(model, params, (inputs,)))
+        self.forward = forward
+        # A regression model that scales its outputs to the target's units (models/target_scale.py): each job's own
+        # mean and std (the training rows', which differ with the seed's split), applied as its model applies them,
+        # and the loss optimised on the standardised scale, as Task.losses does.
+        self.scale = None
+        if isinstance(first.task.model, TargetScaled):
+            self.scale = [torch.stack([getattr(job.task.model, name) for job in self.jobs]).to(self.device)
+                          for name in ("mean", "std")]
+            self.forward = lambda params, inputs: self.scaled(forward(params, inputs))
         loss = self.task.loss
         if isinstance(loss, MEAN_LOSSES) and loss.reduction == "mean" and getattr(loss, "weight", None) is None:
             self.summed_loss = lambda outputs, targets: loss(outputs.flatten(0, 1), targets.flatten(0, 1)) * len(jobs)
         else:
             self.summed_loss = lambda outputs, targets: vmap(loss)(outputs, targets).sum()
+
+    def scaled(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The network's outputs ([jobs, rows, ...]) in each job's target units, as TargetScaled.forward."""
+        mean, std = (value.view(-1, *[1] * (outputs.dim() - 1)) for value in self.scale)
+        return outputs * std + mean
+
+    def standardised(self, values: torch.Tensor) -> torch.Tensor:
+        """Each job's outputs or targets in its target units, standardised as TargetScaled.standardise."""
+        mean, std = (value.view(-1, *[1] * (values.dim() - 1)) for value in self.scale)
+        return (values - mean) / std
 
     def _optimizer_and_scheduler(self, total_steps: int):
         groups = [{"params": views, **task.optimizer.keywords} for views, _, _, task in self.slices]
@@ -450,7 +474,9 @@ class Group:
                 batch_outputs = self.forward(self.params, datamodule.normalize(inputs))
                 for tensor in self.params.values():
                     tensor.grad = None
-                self.summed_loss(batch_outputs, batch_targets).backward()  # each job's gradient: of its own loss
+                optimised = ((batch_outputs, batch_targets) if self.scale is None else
+                             (self.standardised(batch_outputs), self.standardised(batch_targets)))
+                self.summed_loss(*optimised).backward()  # each job's gradient: of its own loss
                 for views, first, last, _ in self.slices if len(self.slices) > 1 else ():
                     for view, tensor in zip(views, self.params.values()):
                         view.grad = tensor.grad[first:last]
@@ -503,7 +529,7 @@ class Group:
     def _write_back(self) -> None:
         """Each job's trained weights into its own model (on the CPU, where its records are made)."""
         for position, job in enumerate(self.jobs):
-            for name, parameter in job.task.model.named_parameters():
+            for name, parameter in network(job.task.model).named_parameters():
                 parameter.copy_(self.params[name][position].cpu())
 
 
