@@ -204,11 +204,14 @@ def test_an_optuna_search_through_the_launcher_is_one_group_per_batch_of_trials(
     assert yaml.safe_load(results_file.read_text())["best_value"] == best.data.metrics["val/loss"]
 
 
-def test_a_signal_stops_a_training_group_with_its_sweep_killed_and_no_run_left_running(isolated):
-    process = start("-m", "experiments", "-m", "hydra/launcher=vectorized", "data=circle", "trainer.max_epochs=100000",
-                    "seed=0,1", *QUIET)
+def test_a_signal_stops_a_training_group_with_each_job_recorded_killed_and_no_run_left_running(isolated):
+    # SGD at lr 10 on MEDV's own units diverges in epoch 1 (as above): that job fails; the two others train until the
+    # signal, then each is a KILLED child with the epochs it completed
+    sweep = ["data=house_prices", "data.standardize_target=false", "optimizer=sgd", "scheduler=constant",
+             "optimizer.lr=10,0.001,0.002", "trainer.max_epochs=100000", *QUIET]
+    process = start(*VECTORIZED, *sweep)
     for line in process.stdout:  # the group is planned, then trains
-        if "vectorized: 2 of 2 jobs in 1 group(s)" in line:
+        if "vectorized: 3 of 3 jobs in 1 group(s)" in line:
             break
     time.sleep(2)
     process.send_signal(signal.SIGTERM)
@@ -221,3 +224,20 @@ def test_a_signal_stops_a_training_group_with_its_sweep_killed_and_no_run_left_r
     parent = next(run for run in runs if "mlflow.parentRunId" not in run.data.tags)
     assert parent.info.status == "KILLED"
     assert not [run for run in runs if run.info.status == "RUNNING"]
+    jobs = children(client)
+    assert {name: run.info.status for name, run in jobs.items()} == {
+        "optimizer.lr=10": "FAILED", "optimizer.lr=0.001": "KILLED", "optimizer.lr=0.002": "KILLED"}
+    failed = jobs["optimizer.lr=10"]
+    assert failed.data.tags["error"].startswith("training diverged: train/loss = nan at epoch 1")
+    assert [epoch for _, epoch in history(client, failed, "epoch")] == [0, 1]
+    for job, lr in ((1, "0.001"), (2, "0.002")):
+        run = jobs[f"optimizer.lr={lr}"]
+        assert run.data.params["optimizer.lr"] == lr and run.data.params["data.standardize_target"] == "False"
+        epochs = history(client, run, "epoch")
+        assert [epoch for _, epoch in epochs] == list(range(len(epochs))) and len(epochs) > 2, "every epoch completed"
+        for key in ("train/loss", "val/loss", "val/r2"):  # at each epoch's step
+            assert [step for step, _ in history(client, run, key)] == [step for step, _ in epochs]
+        overrides = " ".join(sweep).replace("10,0.001,0.002", lr)  # (Hydra's sweeper writes a boolean False)
+        assert (f"run {run.info.run_id} (job {job}) KILLED: trained in a vectorised group, which keeps no checkpoint, "
+                f"it cannot be resumed; run it again with: python -m experiments {overrides}").lower() in \
+            stderr.lower().splitlines()

@@ -18,6 +18,8 @@ import inspect
 import logging
 import math
 import os
+import shlex
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,7 @@ from mlflow.entities import Metric as LoggedMetric
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from torch.func import functional_call, stack_module_state, vmap
 
-from experiments import run, tracking
+from experiments import run, store, sweep, tracking
 from experiments.callbacks import StopOnDivergence
 from experiments.cli import check_override_types
 from experiments.errors import Diverged
@@ -365,6 +367,9 @@ class Group:
             peak = job.task.scheduler.keywords.get("max_lr") if job.task.scheduler else None
             settings.setdefault(repr((sorted(job.task.optimizer.keywords.items()), peak)), []).append(job)
         self.jobs = [job for members in settings.values() for job in members]
+        # the epochs trained so far, kept on the group so that a stop by a signal can still record them
+        self.history: list[tuple[int, dict[str, torch.Tensor]]] = []  # (step, each metric's [jobs] values)
+        self.diverged: dict[int, tuple[Diverged, int]] = {}  # position: its error, the epochs of history it logs
         params, _ = stack_module_state([network(job.task.model) for job in self.jobs])
         self.params = {name: tensor.detach().to(self.device).requires_grad_() for name, tensor in params.items()}
         self.slices, start = [], 0
@@ -457,9 +462,8 @@ class Group:
         # each job's batch order: the generator its data module's batches draw from, seeded alike
         generators = [torch.Generator().manual_seed(job.datamodule.seed) for job in self.jobs]
         job_rows = torch.arange(len(self.jobs), device=self.device)[:, None]
-        history, latest = [], {}  # latest: the values a single run's trainer holds at the end
+        history, diverged, latest = self.history, self.diverged, {}  # latest: what a single run's trainer holds
         running = torch.ones(len(self.jobs), dtype=torch.bool)
-        diverged: dict[int, tuple[Diverged, int]] = {}  # position: its error, the epochs of history it logs
         start_time = time.perf_counter()
         for epoch in range(epochs):
             order = None
@@ -517,13 +521,17 @@ class Group:
             results = {name: float(value[position]) for name, value in latest.items()}
             results |= {"time/fit_seconds": share, "time/group_fit_seconds": seconds,
                         "time/samples_per_second": rows * epochs / share, "time/group_size": len(self.jobs)}
-            job_history = [(step, {name: float(value[position]) for name, value in logged.items()})
-                           for step, logged in history]
-            trained[job.index] = Trained(results, job_history, epochs, len(self.jobs), summary=summary)
+            trained[job.index] = Trained(results, self.job_history(position), epochs, len(self.jobs), summary=summary)
             if position in diverged:
                 error, logged = diverged[position]
-                trained[job.index] = Trained({}, job_history[:logged], logged, len(self.jobs), error, summary)
+                trained[job.index] = Trained({}, self.job_history(position), logged, len(self.jobs), error, summary)
         return [trained[job.index] for job in sorted(self.jobs, key=lambda job: job.index)]
+
+    def job_history(self, position: int) -> list[tuple[int, dict[str, float]]]:
+        """The per-epoch metrics of the job at `position` so far, up to the epoch it diverged at."""
+        logged = self.diverged[position][1] if position in self.diverged else len(self.history)
+        return [(step, {name: float(value[position]) for name, value in values.items()})
+                for step, values in self.history[:logged]]
 
     @torch.no_grad()
     def _write_back(self) -> None:
@@ -540,6 +548,37 @@ def log_history(run_id: str, history: list[tuple[int, dict[str, float]]]) -> Non
     client = mlflow.MlflowClient()
     for start in range(0, len(metrics), 1000):  # MLflow takes at most 1,000 metrics a call
         client.log_batch(run_id, metrics=metrics[start : start + 1000], synchronous=True)
+
+
+def record_stopped(group: Group) -> None:
+    """After a signal stopped `group` training: each job's child run of the sweep, ended KILLED with its params and
+    the epochs it completed, as a single run stopped by a signal ends (a job that had diverged: FAILED with its
+    error, as `record` ends it). The group keeps no checkpoint, so these jobs cannot be resumed: each one's line
+    gives the command that runs it again."""
+    summary = model_summary(group.task)
+    for position, job in sorted(enumerate(group.jobs), key=lambda item: item[1].index):
+        saved = HydraConfig.instance().cfg
+        HydraConfig.instance().set_config(job.config)  # the job's own: its run's name, number and parent
+        config, error = task_config(job.config), group.diverged.get(position, (None,))[0]
+        again = "python -m experiments " + " ".join(map(shlex.quote, job.config.hydra.overrides.task))
+        try:
+            if store.unreachable(config.tracking.tracking_uri):  # MLflow would retry it for minutes
+                print(f"job {job.index} not recorded: its tracking server does not answer; run it again with: {again}",
+                      file=sys.stderr)
+                continue
+            with run.open_run(config, HydraConfig.get().runtime.choices) as logger:
+                mlflow.log_text(summary, "model_summary.txt")
+                log_history(logger.run_id, group.job_history(position))
+                if error:
+                    raise error
+                tracking.end_run("KILLED", logger)
+            print(f"run {logger.run_id} (job {job.index}) KILLED: trained in a vectorised group, which keeps no "
+                  f"checkpoint, it cannot be resumed; run it again with: {again}", file=sys.stderr)
+        except Diverged:  # as the launcher's recorder reports it
+            sweep.record_failed_job(config, sweep.current_job(), error)
+        finally:
+            HydraConfig.instance().cfg = saved
+            release(job)
 
 
 def record(config: DictConfig, job: Job, trained: Trained) -> dict[str, float]:
