@@ -550,6 +550,15 @@ def log_history(run_id: str, history: list[tuple[int, dict[str, float]]]) -> Non
         client.log_batch(run_id, metrics=metrics[start : start + 1000], synchronous=True)
 
 
+def rerun_command(job: Job) -> str:
+    """The command that runs `job` alone: its overrides, and the sweep's Hydra ones (a config search path) but the
+    launcher and the mode; a job of an Optuna search (whose config asks for a sweep) as one run, hydra.mode=RUN."""
+    hydra = [override for override in job.config.hydra.overrides.hydra
+             if not override.startswith(("hydra.mode=", "hydra/launcher="))]
+    search = ["hydra.mode=RUN"] if job.config.hydra.runtime.choices.get("hparams_search") else []
+    return "python -m experiments " + " ".join(map(shlex.quote, [*hydra, *job.config.hydra.overrides.task, *search]))
+
+
 def record_stopped(group: Group) -> None:
     """After a signal stopped `group` training: each job's child run of the sweep, ended KILLED with its params and
     the epochs it completed, as a single run stopped by a signal ends (a job that had diverged: FAILED with its
@@ -560,7 +569,7 @@ def record_stopped(group: Group) -> None:
         saved = HydraConfig.instance().cfg
         HydraConfig.instance().set_config(job.config)  # the job's own: its run's name, number and parent
         config, error = task_config(job.config), group.diverged.get(position, (None,))[0]
-        again = "python -m experiments " + " ".join(map(shlex.quote, job.config.hydra.overrides.task))
+        again = rerun_command(job)
         try:
             if store.unreachable(config.tracking.tracking_uri):  # MLflow would retry it for minutes
                 print(f"job {job.index} not recorded: its tracking server does not answer; run it again with: {again}",
