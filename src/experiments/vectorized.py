@@ -18,6 +18,8 @@ import inspect
 import logging
 import math
 import os
+import shlex
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,7 @@ from mlflow.entities import Metric as LoggedMetric
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from torch.func import functional_call, stack_module_state, vmap
 
-from experiments import run, tracking
+from experiments import run, store, sweep, tracking
 from experiments.callbacks import StopOnDivergence
 from experiments.cli import check_override_types
 from experiments.errors import Diverged
@@ -108,14 +110,12 @@ def obstacle(config: DictConfig, task: Task, datamodule, trainer: L.Trainer) -> 
     model = task.model
     if hasattr(model, "fit"):
         return "its model is fitted in closed form"
-    if next(model.buffers(), None) is not None:
+    if next(network(model).buffers(), None) is not None:
         return "its model has buffers (batch norm), which every job would update"
     if any(isinstance(module, torch.nn.modules.dropout._DropoutNd) for module in model.modules()):
         return "its model has dropout, whose random masks differ from a single run's"
     if not isinstance(datamodule.train.inputs, torch.Tensor):
         return "its model takes several inputs"
-    if isinstance(model, TargetScaled):
-        return "its model scales its outputs to a regression target's units, which the vectorised loop does not follow"
     if trainer.world_size > 1:
         return "it trains on several devices (DDP)"
     other = sorted(set(config.trainer) - TRAINER_KEYS)
@@ -130,6 +130,12 @@ def obstacle(config: DictConfig, task: Task, datamodule, trainer: L.Trainer) -> 
     except (ValueError, TypeError) as error:
         return f"its optimizer rejects its settings ({str(error).splitlines()[0]})"
     return None
+
+
+def network(model: torch.nn.Module) -> torch.nn.Module:
+    """What of a model trains: a TargetScaled model's network (its scaling, fixed buffers of each job's own,
+    the group applies itself), or the model."""
+    return model.network if isinstance(model, TargetScaled) else model
 
 
 def prepare(job: Job, trainers: dict[str, L.Trainer]) -> None:
@@ -361,7 +367,10 @@ class Group:
             peak = job.task.scheduler.keywords.get("max_lr") if job.task.scheduler else None
             settings.setdefault(repr((sorted(job.task.optimizer.keywords.items()), peak)), []).append(job)
         self.jobs = [job for members in settings.values() for job in members]
-        params, _ = stack_module_state([job.task.model for job in self.jobs])
+        # the epochs trained so far, kept on the group so that a stop by a signal can still record them
+        self.history: list[tuple[int, dict[str, torch.Tensor]]] = []  # (step, each metric's [jobs] values)
+        self.diverged: dict[int, tuple[Diverged, int]] = {}  # position: its error, the epochs of history it logs
+        params, _ = stack_module_state([network(job.task.model) for job in self.jobs])
         self.params = {name: tensor.detach().to(self.device).requires_grad_() for name, tensor in params.items()}
         self.slices, start = [], 0
         for members in settings.values():
@@ -370,15 +379,35 @@ class Group:
                      [tensor.detach()[start : start + len(members)] for tensor in self.params.values()])
             self.slices.append((views, start, start + len(members), members[0].task))
             start += len(members)
-        self.forward = stacked_forward(first.task.model)
-        if self.forward is None:
-            model = copy.deepcopy(first.task.model).to("meta")  # the architecture; functional_call supplies weights
-            self.forward = vmap(lambda params, inputs: functional_call(model, params, (inputs,)))
+        forward = stacked_forward(network(first.task.model))
+        if forward is None:
+            # the architecture; functional_call supplies the weights
+            model = copy.deepcopy(network(first.task.model)).to("meta")
+            forward = vmap(lambda params, inputs: functional_call(model, params, (inputs,)))
+        self.forward = forward
+        # A regression model that scales its outputs to the target's units (models/target_scale.py): each job's own
+        # mean and std (the training rows', which differ with the seed's split), applied as its model applies them,
+        # and the loss optimised on the standardised scale, as Task.losses does.
+        self.scale = None
+        if isinstance(first.task.model, TargetScaled):
+            self.scale = [torch.stack([getattr(job.task.model, name) for job in self.jobs]).to(self.device)
+                          for name in ("mean", "std")]
+            self.forward = lambda params, inputs: self.scaled(forward(params, inputs))
         loss = self.task.loss
         if isinstance(loss, MEAN_LOSSES) and loss.reduction == "mean" and getattr(loss, "weight", None) is None:
             self.summed_loss = lambda outputs, targets: loss(outputs.flatten(0, 1), targets.flatten(0, 1)) * len(jobs)
         else:
             self.summed_loss = lambda outputs, targets: vmap(loss)(outputs, targets).sum()
+
+    def scaled(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The network's outputs ([jobs, rows, ...]) in each job's target units, as TargetScaled.forward."""
+        mean, std = (value.view(-1, *[1] * (outputs.dim() - 1)) for value in self.scale)
+        return outputs * std + mean
+
+    def standardised(self, values: torch.Tensor) -> torch.Tensor:
+        """Each job's outputs or targets in its target units, standardised as TargetScaled.standardise."""
+        mean, std = (value.view(-1, *[1] * (values.dim() - 1)) for value in self.scale)
+        return (values - mean) / std
 
     def _optimizer_and_scheduler(self, total_steps: int):
         groups = [{"params": views, **task.optimizer.keywords} for views, _, _, task in self.slices]
@@ -433,9 +462,8 @@ class Group:
         # each job's batch order: the generator its data module's batches draw from, seeded alike
         generators = [torch.Generator().manual_seed(job.datamodule.seed) for job in self.jobs]
         job_rows = torch.arange(len(self.jobs), device=self.device)[:, None]
-        history, latest = [], {}  # latest: the values a single run's trainer holds at the end
+        history, diverged, latest = self.history, self.diverged, {}  # latest: what a single run's trainer holds
         running = torch.ones(len(self.jobs), dtype=torch.bool)
-        diverged: dict[int, tuple[Diverged, int]] = {}  # position: its error, the epochs of history it logs
         start_time = time.perf_counter()
         for epoch in range(epochs):
             order = None
@@ -450,7 +478,9 @@ class Group:
                 batch_outputs = self.forward(self.params, datamodule.normalize(inputs))
                 for tensor in self.params.values():
                     tensor.grad = None
-                self.summed_loss(batch_outputs, batch_targets).backward()  # each job's gradient: of its own loss
+                optimised = ((batch_outputs, batch_targets) if self.scale is None else
+                             (self.standardised(batch_outputs), self.standardised(batch_targets)))
+                self.summed_loss(*optimised).backward()  # each job's gradient: of its own loss
                 for views, first, last, _ in self.slices if len(self.slices) > 1 else ():
                     for view, tensor in zip(views, self.params.values()):
                         view.grad = tensor.grad[first:last]
@@ -491,19 +521,23 @@ class Group:
             results = {name: float(value[position]) for name, value in latest.items()}
             results |= {"time/fit_seconds": share, "time/group_fit_seconds": seconds,
                         "time/samples_per_second": rows * epochs / share, "time/group_size": len(self.jobs)}
-            job_history = [(step, {name: float(value[position]) for name, value in logged.items()})
-                           for step, logged in history]
-            trained[job.index] = Trained(results, job_history, epochs, len(self.jobs), summary=summary)
+            trained[job.index] = Trained(results, self.job_history(position), epochs, len(self.jobs), summary=summary)
             if position in diverged:
                 error, logged = diverged[position]
-                trained[job.index] = Trained({}, job_history[:logged], logged, len(self.jobs), error, summary)
+                trained[job.index] = Trained({}, self.job_history(position), logged, len(self.jobs), error, summary)
         return [trained[job.index] for job in sorted(self.jobs, key=lambda job: job.index)]
+
+    def job_history(self, position: int) -> list[tuple[int, dict[str, float]]]:
+        """The per-epoch metrics of the job at `position` so far, up to the epoch it diverged at."""
+        logged = self.diverged[position][1] if position in self.diverged else len(self.history)
+        return [(step, {name: float(value[position]) for name, value in values.items()})
+                for step, values in self.history[:logged]]
 
     @torch.no_grad()
     def _write_back(self) -> None:
         """Each job's trained weights into its own model (on the CPU, where its records are made)."""
         for position, job in enumerate(self.jobs):
-            for name, parameter in job.task.model.named_parameters():
+            for name, parameter in network(job.task.model).named_parameters():
                 parameter.copy_(self.params[name][position].cpu())
 
 
@@ -514,6 +548,46 @@ def log_history(run_id: str, history: list[tuple[int, dict[str, float]]]) -> Non
     client = mlflow.MlflowClient()
     for start in range(0, len(metrics), 1000):  # MLflow takes at most 1,000 metrics a call
         client.log_batch(run_id, metrics=metrics[start : start + 1000], synchronous=True)
+
+
+def rerun_command(job: Job) -> str:
+    """The command that runs `job` alone: its overrides, and the sweep's Hydra ones (a config search path) but the
+    launcher and the mode; a job of an Optuna search (whose config asks for a sweep) as one run, hydra.mode=RUN."""
+    hydra = [override for override in job.config.hydra.overrides.hydra
+             if not override.startswith(("hydra.mode=", "hydra/launcher="))]
+    search = ["hydra.mode=RUN"] if job.config.hydra.runtime.choices.get("hparams_search") else []
+    return "python -m experiments " + " ".join(map(shlex.quote, [*hydra, *job.config.hydra.overrides.task, *search]))
+
+
+def record_stopped(group: Group) -> None:
+    """After a signal stopped `group` training: each job's child run of the sweep, ended KILLED with its params and
+    the epochs it completed, as a single run stopped by a signal ends (a job that had diverged: FAILED with its
+    error, as `record` ends it). The group keeps no checkpoint, so these jobs cannot be resumed: each one's line
+    gives the command that runs it again."""
+    summary = model_summary(group.task)
+    for position, job in sorted(enumerate(group.jobs), key=lambda item: item[1].index):
+        saved = HydraConfig.instance().cfg
+        HydraConfig.instance().set_config(job.config)  # the job's own: its run's name, number and parent
+        config, error = task_config(job.config), group.diverged.get(position, (None,))[0]
+        again = rerun_command(job)
+        try:
+            if store.unreachable(config.tracking.tracking_uri):  # MLflow would retry it for minutes
+                print(f"job {job.index} not recorded: its tracking server does not answer; run it again with: {again}",
+                      file=sys.stderr)
+                continue
+            with run.open_run(config, HydraConfig.get().runtime.choices) as logger:
+                mlflow.log_text(summary, "model_summary.txt")
+                log_history(logger.run_id, group.job_history(position))
+                if error:
+                    raise error
+                tracking.end_run("KILLED", logger)
+            print(f"run {logger.run_id} (job {job.index}) KILLED: trained in a vectorised group, which keeps no "
+                  f"checkpoint, it cannot be resumed; run it again with: {again}", file=sys.stderr)
+        except Diverged:  # as the launcher's recorder reports it
+            sweep.record_failed_job(config, sweep.current_job(), error)
+        finally:
+            HydraConfig.instance().cfg = saved
+            release(job)
 
 
 def record(config: DictConfig, job: Job, trained: Trained) -> dict[str, float]:

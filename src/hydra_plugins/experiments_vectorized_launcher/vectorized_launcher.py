@@ -7,7 +7,8 @@ differ only in seed, initialisation and optimizer numbers, trains each group vec
 records every job of it through Hydra's `run_job` (its output folder, logs, callbacks, its own
 MLflow child run, the objective it returns). Every other job runs the ordinary way, through the
 app. One line says which jobs were grouped and why the rest were not. A job that fails, in a group
-or alone, fails only itself: the launcher goes on with the others.
+or alone, fails only itself: the launcher goes on with the others. A signal (SIGINT, SIGTERM) while
+a group trains ends each of its jobs' runs KILLED with the epochs it completed, then the command.
 
 Only Hydra is imported here: Hydra imports every plugin for every command, `--help` included.
 """
@@ -37,6 +38,7 @@ class VectorizedLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from experiments import vectorized  # torch and Lightning load only when a sweep runs
+        from experiments.errors import Stopped
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -53,7 +55,12 @@ class VectorizedLauncher(Launcher):
         while groups:
             group = groups.pop(0)
             try:
-                trained = vectorized.Group(group).train()
+                training = vectorized.Group(group)
+                try:
+                    trained = training.train()
+                except Stopped:  # SIGINT, SIGTERM: each job's run KILLED with the epochs it trained, then the exit
+                    vectorized.record_stopped(training)
+                    raise
             except Exception as error:  # noqa: BLE001 - the jobs still run: in halves, or the ordinary way
                 message = " ".join(str(error).split())[:200]
                 if vectorized.out_of_memory(error) and len(group) >= 4:
