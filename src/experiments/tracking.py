@@ -68,7 +68,7 @@ class EpochLogger(MLFlowLogger):
 
     def __init__(self, *args, recorded_steps: dict[str, int] | None = None, interval: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.recorded_steps, self.interval = recorded_steps or {}, interval
+        self.recorded_steps, self.interval = dict(recorded_steps or {}), interval  # updated as metrics are logged
         self.pending, self.sent = {}, time.monotonic()
         self.unsent: list = []  # mlflow Metric objects a lost server did not take, timestamped when first sent
         self.unsent_file: Path | None = None
