@@ -6,9 +6,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import QUIET, cli, start
 from mlflow import MlflowClient
+
+from experiments import checkpoint
 
 VECTORIZED = ["-m", "experiments", "-m", "hydra/launcher=vectorized"]
 FINAL = ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "model/distinct_hidden_units")
@@ -62,6 +65,12 @@ def assert_same_as_alone(args: list[str], isolated, grouped_line: str) -> dict:
         plots = {artifact.path for artifact in client.list_artifacts(run.info.run_id, "plots")}
         assert plots == {artifact.path for artifact in alone_client.list_artifacts(single.info.run_id, "plots")}
         assert "plots/loss_curves.png" in plots
+        # the weights the group trained, written back into the job's model: its model.pt holds the single run's
+        weights = checkpoint.read(run.info.run_id, None, client.tracking_uri)["state_dict"]
+        single_weights = checkpoint.read(single.info.run_id, None, alone_uri)["state_dict"]
+        assert weights.keys() == single_weights.keys()
+        for key, tensor in weights.items():
+            assert torch.allclose(tensor, single_weights[key], atol=1e-4), (name, key)
         (model,) = client.search_logged_models([run.info.experiment_id],
                                                filter_string=f"source_run_id = '{run.info.run_id}'")
         assert model.name == "model"
