@@ -407,14 +407,18 @@ class Group:
         else:
             self.summed_loss = lambda outputs, targets: vmap(loss)(outputs, targets).sum()
 
+    def job_scale(self, like: torch.Tensor) -> list[torch.Tensor]:
+        """Each job's target mean and std, shaped to broadcast over `like` ([jobs, rows, ...])."""
+        return [value.view(-1, *[1] * (like.dim() - 1)) for value in self.scale]
+
     def scaled(self, outputs: torch.Tensor) -> torch.Tensor:
         """The network's outputs ([jobs, rows, ...]) in each job's target units, as TargetScaled.forward."""
-        mean, std = (value.view(-1, *[1] * (outputs.dim() - 1)) for value in self.scale)
+        mean, std = self.job_scale(outputs)
         return outputs * std + mean
 
     def standardised(self, values: torch.Tensor) -> torch.Tensor:
         """Each job's outputs or targets in its target units, standardised as TargetScaled.standardise."""
-        mean, std = (value.view(-1, *[1] * (values.dim() - 1)) for value in self.scale)
+        mean, std = self.job_scale(values)
         return (values - mean) / std
 
     def _optimizer_and_scheduler(self, total_steps: int):
@@ -529,10 +533,12 @@ class Group:
             results = {name: float(value[position]) for name, value in latest.items()}
             results |= {"time/fit_seconds": share, "time/group_fit_seconds": seconds,
                         "time/samples_per_second": rows * epochs / share, "time/group_size": len(self.jobs)}
-            trained[job.index] = Trained(results, self.job_history(position), epochs, len(self.jobs), summary=summary)
             if position in diverged:
                 error, logged = diverged[position]
                 trained[job.index] = Trained({}, self.job_history(position), logged, len(self.jobs), error, summary)
+            else:
+                trained[job.index] = Trained(results, self.job_history(position), epochs, len(self.jobs),
+                                             summary=summary)
         return [trained[job.index] for job in sorted(self.jobs, key=lambda job: job.index)]
 
     def job_history(self, position: int) -> list[tuple[int, dict[str, float]]]:
