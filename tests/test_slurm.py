@@ -1,6 +1,7 @@
 """hydra/launcher=slurm for real: jobs submitted with sbatch to a one-node SLURM cluster on this machine
 (scripts/slurm_cluster.sh), tracked on a real `mlflow server`: a sweep as a job array, a DDP run of two
-SLURM tasks, a job that SLURM stops mid-run, requeues, and that continues its run, and a cancelled job."""
+SLURM tasks, a job that SLURM stops mid-run (a preemption, a time limit), requeues, and that continues its run,
+one whose time limit comes before a checkpoint, which fails, and a cancelled job."""
 import math
 import os
 import shutil
@@ -141,9 +142,19 @@ def wait_for(condition, what: str, timeout: float = 300):
     raise AssertionError(f"waited {timeout} s for {what}")
 
 
-def test_a_job_stopped_by_slurm_is_requeued_and_continues_its_run(slurm_cluster, tracking_server, isolated, started):
-    """SIGTERM sent to a running job (as a preemption sends it) requeues the job; the requeued job continues the
-    same MLflow run from its last checkpoint and ends with the metrics of a run never stopped."""
+def training_run(client: MlflowClient):
+    """The run of the sweep's job 0 once it has recorded a training epoch; None before."""
+    experiment = client.get_experiment_by_name("experiments")
+    runs = client.search_runs([experiment.experiment_id], "tags.`sweep.job` = '0'") if experiment else []
+    return runs and "train/loss" in runs[0].data.metrics and runs[0]
+
+
+@pytest.mark.parametrize("signal", ["TERM", "USR2"])
+def test_a_job_stopped_by_slurm_is_requeued_and_continues_its_run(slurm_cluster, tracking_server, isolated, started,
+                                                                  signal):
+    """SIGTERM (as a preemption sends it) or SIGUSR2 (as SLURM sends it before the time limit, to the job's steps
+    as `scancel --signal` does) sent to a running job requeues the job; the requeued job continues the same MLflow
+    run from its last checkpoint and ends with the metrics of a run never stopped."""
     epochs = 200  # some seconds of training: a checkpoint is saved each second
     setting = ["tracking=server", f"tracking.tracking_uri={tracking_server}", "data=circle",
                f"trainer.max_epochs={epochs}", *QUIET]
@@ -152,7 +163,7 @@ def test_a_job_stopped_by_slurm_is_requeued_and_continues_its_run(slurm_cluster,
     wait_for(lambda: list(isolated.glob("multirun/*/*/0/checkpoints/last.ckpt")) or sweep.poll() is not None,
              "the job's first checkpoint")
     job = slurm("squeue", "--noheader", "--format=%i").split()[0]
-    slurm("scancel", "--signal=TERM", job)
+    slurm("scancel", f"--signal={signal}", job)
 
     client = MlflowClient(tracking_server)
     wait_for(lambda: job_state(job) == "PENDING", "the job requeued")
@@ -168,6 +179,8 @@ def test_a_job_stopped_by_slurm_is_requeued_and_continues_its_run(slurm_cluster,
     assert run.info.run_id == stopped.info.run_id and (run.info.status, parent.info.status) == ("FINISHED", "FINISHED")
     log = next(isolated.glob(f"multirun/*/*/.submitit/{job}/{job}_0_log.err")).read_text()
     assert f"run {run.info.run_id} SCHEDULED: SLURM requeued the job" in log
+    script = next(isolated.glob(f"multirun/*/*/.submitit/{job}/{job}_submission.sh")).read_text()
+    assert "#SBATCH --signal=USR2@120" in script, "SLURM sends the job SIGUSR2 2 minutes before its time limit"
     (reference,) = client.search_runs([client.get_experiment_by_name("uninterrupted").experiment_id])
     assert_continued_as_uninterrupted(client, run.info.run_id, reference.info.run_id, epochs)
 
@@ -176,13 +189,7 @@ def test_a_job_cancelled_with_scancel_is_not_requeued_and_its_run_ends_killed(sl
     sweep = started("-m", "experiments", "-m", *SLURM, "tracking=server", f"tracking.tracking_uri={tracking_server}",
                   "data=circle", "trainer.max_epochs=100000", *QUIET)
     client = MlflowClient(tracking_server)
-
-    def training_run():
-        experiment = client.get_experiment_by_name("experiments")
-        runs = client.search_runs([experiment.experiment_id], "tags.`sweep.job` = '0'") if experiment else []
-        return runs and "train/loss" in runs[0].data.metrics and runs[0]
-
-    run = wait_for(training_run, "the job's run to train")
+    run = wait_for(lambda: training_run(client), "the job's run to train")
     job = slurm("squeue", "--noheader", "--format=%i").split()[0]
     slurm("scancel", job)
     wait_for(lambda: client.get_run(run.info.run_id).info.status != "RUNNING", "the run to end")
@@ -191,3 +198,29 @@ def test_a_job_cancelled_with_scancel_is_not_requeued_and_its_run_ends_killed(sl
     assert job_state(job) == "CANCELLED", "not requeued"
     sweep.terminate()  # the sweep's command, still waiting for the job's result; its parent run ends KILLED
     assert sweep.wait(timeout=60) == 143
+
+
+def test_a_job_at_its_time_limit_with_no_new_checkpoint_is_not_requeued_and_its_run_fails(
+        slurm_cluster, tracking_server, isolated, started):
+    """SIGUSR2 (SLURM's time limit is near) to a job that saved no checkpoint since it started: requeued, it would
+    start again from the same point at every time limit. It is not requeued; its run ends FAILED with the fix."""
+    sweep = started("-m", "experiments", "-m", *SLURM, "tracking=server", f"tracking.tracking_uri={tracking_server}",
+                    "data=circle", "trainer.max_epochs=100000", "trainer.callbacks.last_checkpoint.interval=1000",
+                    *QUIET)
+    client = MlflowClient(tracking_server)
+    run = wait_for(lambda: training_run(client), "the job's run to train")
+    job = slurm("squeue", "--noheader", "--format=%i").split()[0]
+    slurm("scancel", "--signal=USR2", job)
+
+    wait_for(lambda: client.get_run(run.info.run_id).info.status != "RUNNING", "the run to end")
+    failed = client.get_run(run.info.run_id)
+    fix = ("lower trainer.callbacks.last_checkpoint.interval (1000 s) below that, "
+           "or raise hydra.launcher.timeout_min (20)")
+    assert failed.info.status == "FAILED" and fix in failed.data.tags["error"]
+    wait_for(lambda: job_state(job) not in ("RUNNING", "COMPLETING"), "the job to end", 60)
+    assert job_state(job) == "COMPLETED", "not requeued"
+    _, stderr = sweep.communicate(timeout=60)
+    assert sweep.returncode == 1, stderr  # the sweep ends, its job failed
+    log = next(isolated.glob(f"multirun/*/*/.submitit/{job}/{job}_0_log.err")).read_text()
+    (line,) = [line for line in log.splitlines() if "SLURM's time limit is near" in line]
+    assert line.startswith(f"error: job 0 ({failed.info.run_name}) failed: ") and line.endswith(fix), line

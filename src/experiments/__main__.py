@@ -7,7 +7,8 @@ import os
 from contextlib import nullcontext
 
 import hydra
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
 from experiments import errors, store, sweep
 from experiments.cli import check_override_types, objective_value, reported_as_one_line, run_app
@@ -18,7 +19,9 @@ from experiments.ranges import check_ranges
 def objective(config: DictConfig) -> float:
     """Run one experiment; the objective's final value."""
     in_slurm_job = os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and "SLURM_JOB_ID" in os.environ
-    with errors.requeued_on_signals() if in_slurm_job else nullcontext():
+    with (errors.requeued_on_signals(HydraConfig.get().launcher.timeout_min,
+                                     OmegaConf.select(config, "trainer.callbacks.last_checkpoint.interval"))
+          if in_slurm_job else nullcontext()):
         check_override_types(config)
         check_ranges(config)
         store.check_reachable(config.tracking.tracking_uri)  # in seconds, before torch and the data load

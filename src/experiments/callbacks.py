@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
+from experiments import errors
 from experiments.errors import Diverged
 
 
@@ -82,3 +83,4 @@ class LastCheckpoint(ModelCheckpoint):
         if trainer.strategy.broadcast(time.monotonic() - self.saved_at >= self.interval):
             super().on_train_epoch_end(trainer, pl_module)
             self.saved_at = time.monotonic()
+            errors.checkpoint_saved = True  # a job requeued after its time limit continues from here

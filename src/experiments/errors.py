@@ -38,7 +38,15 @@ class Requeued(Stopped):
     """SLURM asked this job to stop and it was requeued: the requeued job continues its run (resume.requeued_run)."""
 
 
+class OutOfTime(BaseException):
+    """SLURM's time limit is near (SIGUSR2) and the job saved no checkpoint since it started: requeued, it would
+    start again from the same point each time and never finish. A BaseException on its way from the signal handler,
+    as Stopped (MLflow wraps an Exception raised inside its requests in its own); its run ends FAILED, and
+    requeued_on_signals turns it into a ConfigError, a failed job of the sweep."""
+
+
 received_signal: int | None = None  # the signal that stopped this process, once one has
+checkpoint_saved = False  # whether this process saved a training state (callbacks.LastCheckpoint sets it)
 WORKERS_GRACE_SECONDS = 20  # for the joblib launcher's workers to end their runs (schedulers wait 30 s to SIGKILL)
 
 
@@ -57,11 +65,18 @@ def stop_on_signals() -> None:
 
 
 @contextmanager
-def requeued_on_signals() -> Iterator[None]:
+def requeued_on_signals(timeout_min: int, checkpoint_interval: float | None) -> Iterator[None]:
     """Inside a SLURM job (hydra/launcher=slurm): SIGTERM (a preemption, `scancel --signal=TERM`) and SIGUSR2
     (what submitit asks SLURM to send `signal_delay_s` before the time limit) requeue the job and raise Requeued;
     a job that cannot be requeued (cancelled by `scancel`) raises Stopped, as anywhere. Only the first task
-    requeues the job; the others stop with it. The handlers before are restored at the end."""
+    requeues the job; the others stop with it. The handlers before are restored at the end.
+
+    A preemption is requeued whatever happened before (as submitit does), but not a time limit that came before
+    any new checkpoint: the job would come back to the same time limit at the same point again and again. It
+    fails instead: its run ends FAILED, with a line saying whether to change `timeout_min` or the checkpoint
+    interval. (Not submitit's count of time limits, hydra.launcher.max_num_timeout, kept by its own SIGUSR2 handler
+    that this one replaces: it stops a long run that progresses, and requeues one that does not that many times.)"""
+    started = time.monotonic()
 
     def slurm(*command: str) -> str | None:
         done = subprocess.run(command, capture_output=True, text=True)
@@ -74,17 +89,36 @@ def requeued_on_signals() -> Iterator[None]:
             job = os.environ["SLURM_JOB_ID"]
             # a job cancelled by scancel is no longer RUNNING when its SIGTERM comes: that one stays cancelled
             if (os.environ.get("SLURM_PROCID", "0") == "0"
-                    and slurm("squeue", "--noheader", "--format=%T", "--jobs", job) == "RUNNING"
-                    and slurm("scontrol", "requeue", job) is not None):
-                raise Requeued(signum)
+                    and slurm("squeue", "--noheader", "--format=%T", "--jobs", job) == "RUNNING"):
+                if signum == signal.SIGUSR2 and not checkpoint_saved:
+                    raise OutOfTime(out_of_time(time.monotonic() - started, timeout_min, checkpoint_interval))
+                if slurm("scontrol", "requeue", job) is not None:
+                    raise Requeued(signum)
             raise Stopped(signum)
 
     previous = {signum: signal.signal(signum, requeue) for signum in (signal.SIGTERM, signal.SIGUSR2)}
     try:
         yield
+    except OutOfTime as error:
+        raise ConfigError(str(error)) from None
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def out_of_time(seconds: float, timeout_min: int, checkpoint_interval: float | None) -> str:
+    """Why a job that SLURM's time limit stops `seconds` after it started, before it saved a checkpoint, is not
+    requeued, and which setting to change."""
+    if checkpoint_interval is None:
+        fix = "keep trainer.callbacks.last_checkpoint (not null), which saves the training state to continue from"
+    elif checkpoint_interval >= seconds:
+        fix = (f"lower trainer.callbacks.last_checkpoint.interval ({checkpoint_interval:g} s) below that, "
+               f"or raise hydra.launcher.timeout_min ({timeout_min})")
+    else:
+        fix = (f"no epoch ended in that time (a checkpoint is saved at an epoch's end): "
+               f"raise hydra.launcher.timeout_min ({timeout_min})")
+    return (f"SLURM's time limit is near (SIGUSR2) and the job saved no checkpoint in the {seconds:.0f} s since it "
+            f"started: requeued, it would start again from the same point, so it is not; {fix}")
 
 
 def is_joblib_worker(process: multiprocessing.process.BaseProcess) -> bool:
