@@ -160,12 +160,18 @@ def test_a_signal_stops_a_parallel_sweep_its_jobs_and_parent_killed(store, signu
         assert f"run {child.info.run_id} KILLED; continue it from its last checkpoint with" in stderr
 
 
-def test_a_run_killed_by_sigkill_resumes_into_its_run_and_ends_as_if_never_stopped(store, isolated):
+@pytest.mark.parametrize("checkpoint_folder", [None, "elsewhere"])
+def test_a_run_killed_by_sigkill_resumes_into_its_run_and_ends_as_if_never_stopped(store, isolated, checkpoint_folder):
+    """`checkpoint_folder`: the training state saved in a folder of the user's choosing (the checkpoint callback's
+    dirpath) instead of the run's output folder."""
     epochs = 200  # some seconds: a checkpoint is saved a second into training, then killed
     setting = ["data=circle", "data.n_points=1000", f"trainer.max_epochs={epochs}", *QUIET]
     assert cli("-m", "experiments", "tracking.experiment_name=uninterrupted", *setting).returncode == 0
-    process = start("-m", "experiments", *setting)
+    elsewhere = [f"trainer.callbacks.last_checkpoint.dirpath={isolated / checkpoint_folder}"] if checkpoint_folder else []
+    process = start("-m", "experiments", *setting, *elsewhere)
     run = running_run(store, process, "val/loss")
+    if checkpoint_folder:
+        assert store.get_run(run.info.run_id).data.tags["checkpoint.dir"] == str(isolated / checkpoint_folder)
     while len(store.get_metric_history(run.info.run_id, "train/loss")) < 3:  # a few epochs in, then killed
         time.sleep(0.05)
     process.kill()

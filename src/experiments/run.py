@@ -16,6 +16,7 @@ from lightning.pytorch.strategies.launchers.subprocess_script import _Subprocess
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import checkpoint, models, plots, resume, sweep, tracking
+from experiments.callbacks import LastCheckpoint
 from experiments.errors import ConfigError
 from experiments.report import log_choices, model_summary, print_model_summary, print_results
 from experiments.task import Task, apply
@@ -171,6 +172,8 @@ def run(config: DictConfig) -> Result:
     checkpoint_dir = resumed.checkpoint.parent if resumed else Path(output_dir() or tempfile.mkdtemp()) / "checkpoints"
     for callback in trainer.checkpoint_callbacks:
         callback.dirpath = callback.dirpath or str(checkpoint_dir)
+        if isinstance(callback, LastCheckpoint):  # the training state's folder, a user's dirpath included: resume reads it
+            checkpoint_dir = Path(callback.dirpath)
     resume_from = resumed.checkpoint if resumed and resumed.checkpoint.is_file() else None
     if not is_first_process(trainer):
         return Result(None, fit_and_test(trainer, task, datamodule, resume_from), model, datamodule.preprocessing)
