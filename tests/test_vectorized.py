@@ -1,8 +1,12 @@
 """hydra/launcher=vectorized: jobs that differ only in seed, initialisation and optimizer numbers train as
 one program, and each job is still its own run with the same results as the job run alone."""
+import re
+import resource
 import shlex
 import signal
+import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -195,6 +199,55 @@ def test_a_group_too_large_for_the_memory_budget_is_split_and_each_part_trains_a
     for name, run in split.items():
         for key in FINAL:
             assert run.data.metrics[key] == pytest.approx(whole[name].data.metrics[key], abs=1e-4), (name, key)
+
+
+def run_with_peak_memory(*args: str) -> tuple[int, str, int]:
+    """Run `python ARGS` to the end, as `cli` does; its exit status, stderr and the peak of its virtual memory
+    (VmPeak, read every 20 ms while it runs), in bytes."""
+    process, peaks = start(*args), [0]
+
+    def watch() -> None:
+        while process.poll() is None:
+            with suppress(OSError, AttributeError):
+                status = Path(f"/proc/{process.pid}/status").read_text()
+                peaks.append(int(re.search(r"VmPeak:\s+(\d+) kB", status).group(1)) * 1024)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    _, stderr = process.communicate(timeout=900)
+    watcher.join()
+    return process.returncode, stderr, max(peaks)
+
+
+def test_a_group_that_runs_out_of_memory_trains_in_halves_each_job_as_in_a_half(isolated):
+    # A genuine out-of-memory: the command's address space limited (RLIMIT_AS) to what the same sweep needs trained
+    # in halves (measured first, hydra.launcher.max_group_size=2) and 0.25 GiB more. Each job's two 4096-wide layers
+    # hold 67 MB of weights: training the group of 4 needs 16 x 67 MB (weights, gradients and Adam's two states),
+    # 0.5 GiB more than a half's 8 x 67 MB; the memory budget, 0.5 of the machine's, does not foresee the limit.
+    (isolated / "small.csv").write_text("a,b,price\n" + "".join(f"{i % 7},{i % 5},{i % 7 + 2 * (i % 5)}\n"
+                                                                 for i in range(20)))
+    sweep = [*VECTORIZED, "data=csv", f"data.path={isolated / 'small.csv'}", "data.target=price",
+             "model.hidden_sizes=[4096,4096]", "seed=0,1,2,3", "trainer.max_epochs=1", "trainer.accelerator=cpu", *QUIET]
+    halves_uri = f"sqlite:///{isolated}/halves.db"
+    returncode, stderr, peak = run_with_peak_memory(*sweep, "hydra.launcher.max_group_size=2",
+                                                    f"tracking.tracking_uri={halves_uri}")
+    assert returncode == 0, stderr
+    limit = peak + 2**28
+    process = start(*sweep, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    stdout, stderr = process.communicate(timeout=900)
+
+    assert process.returncode == 0, stderr
+    assert "vectorized: 4 of 4 jobs in 1 group(s): #0-3 (differing in seed)" in stdout
+    (line,) = [line for line in stdout.splitlines() if "vectorized: group #0-3" in line]
+    assert "ran out of memory (" in line and "can't allocate memory" in line
+    assert line.endswith("); training it as 2 groups")
+    runs, halves = children(MlflowClient(f"sqlite:///{isolated}/mlflow.db")), children(MlflowClient(halves_uri))
+    assert runs.keys() == halves.keys() and {run.info.status for run in runs.values()} == {"FINISHED"}
+    assert {run.data.metrics["time/group_size"] for run in runs.values()} == {2.0}
+    for name, run in runs.items():  # each job trained as in the sweep planned in halves
+        for key in ("train/loss", "val/loss", "test/loss", "test/r2"):
+            assert run.data.metrics[key] == pytest.approx(halves[name].data.metrics[key], rel=1e-5), (name, key)
 
 
 def lr_search(isolated) -> list[str]:
