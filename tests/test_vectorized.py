@@ -224,11 +224,12 @@ def test_a_group_that_runs_out_of_memory_trains_in_halves_each_job_as_in_a_half(
     # A genuine out-of-memory: the command's address space limited (RLIMIT_AS) to what the same sweep needs trained
     # in halves (measured first, hydra.launcher.max_group_size=2) and 0.25 GiB more. Each job's two 4096-wide layers
     # hold 67 MB of weights: training the group of 4 needs 16 x 67 MB (weights, gradients and Adam's two states),
-    # 0.5 GiB more than a half's 8 x 67 MB; the memory budget, 0.5 of the machine's, does not foresee the limit.
+    # 0.5 GiB more than a half's 8 x 67 MB; the memory budget, set to 4 GiB, does not foresee the limit.
     (isolated / "small.csv").write_text("a,b,price\n" + "".join(f"{i % 7},{i % 5},{i % 7 + 2 * (i % 5)}\n"
                                                                  for i in range(20)))
     sweep = [*VECTORIZED, "data=csv", f"data.path={isolated / 'small.csv'}", "data.target=price",
-             "model.hidden_sizes=[4096,4096]", "seed=0,1,2,3", "trainer.max_epochs=1", "trainer.accelerator=cpu", *QUIET]
+             "model.hidden_sizes=[4096,4096]", "seed=0,1,2,3", "trainer.max_epochs=1", "trainer.accelerator=cpu",
+             "hydra.launcher.memory_budget_mb=4096", *QUIET]
     halves_uri = f"sqlite:///{isolated}/halves.db"
     returncode, stderr, peak = run_with_peak_memory(*sweep, "hydra.launcher.max_group_size=2",
                                                     f"tracking.tracking_uri={halves_uri}")
