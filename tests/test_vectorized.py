@@ -1,8 +1,12 @@
 """hydra/launcher=vectorized: jobs that differ only in seed, initialisation and optimizer numbers train as
 one program, and each job is still its own run with the same results as the job run alone."""
+import re
+import resource
 import shlex
 import signal
+import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -197,6 +201,56 @@ def test_a_group_too_large_for_the_memory_budget_is_split_and_each_part_trains_a
             assert run.data.metrics[key] == pytest.approx(whole[name].data.metrics[key], abs=1e-4), (name, key)
 
 
+def run_with_peak_memory(*args: str) -> tuple[int, str, int]:
+    """Run `python ARGS` to the end, as `cli` does; its exit status, stderr and the peak of its virtual memory
+    (VmPeak, read every 20 ms while it runs), in bytes."""
+    process, peaks = start(*args), [0]
+
+    def watch() -> None:
+        while process.poll() is None:
+            with suppress(OSError, AttributeError):
+                status = Path(f"/proc/{process.pid}/status").read_text()
+                peaks.append(int(re.search(r"VmPeak:\s+(\d+) kB", status).group(1)) * 1024)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    _, stderr = process.communicate(timeout=900)
+    watcher.join()
+    return process.returncode, stderr, max(peaks)
+
+
+def test_a_group_that_runs_out_of_memory_trains_in_halves_each_job_as_in_a_half(isolated):
+    # A genuine out-of-memory: the command's address space limited (RLIMIT_AS) to what the same sweep needs trained
+    # in halves (measured first, hydra.launcher.max_group_size=2) and 0.25 GiB more. Each job's two 4096-wide layers
+    # hold 67 MB of weights: training the group of 4 needs 16 x 67 MB (weights, gradients and Adam's two states),
+    # 0.5 GiB more than a half's 8 x 67 MB; the memory budget, set to 4 GiB, does not foresee the limit.
+    (isolated / "small.csv").write_text("a,b,price\n" + "".join(f"{i % 7},{i % 5},{i % 7 + 2 * (i % 5)}\n"
+                                                                 for i in range(20)))
+    sweep = [*VECTORIZED, "data=csv", f"data.path={isolated / 'small.csv'}", "data.target=price",
+             "model.hidden_sizes=[4096,4096]", "seed=0,1,2,3", "trainer.max_epochs=1", "trainer.accelerator=cpu",
+             "hydra.launcher.memory_budget_mb=4096", *QUIET]
+    halves_uri = f"sqlite:///{isolated}/halves.db"
+    returncode, stderr, peak = run_with_peak_memory(*sweep, "hydra.launcher.max_group_size=2",
+                                                    f"tracking.tracking_uri={halves_uri}")
+    assert returncode == 0, stderr
+    limit = peak + 2**28
+    process = start(*sweep, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    stdout, stderr = process.communicate(timeout=900)
+
+    assert process.returncode == 0, stderr
+    assert "vectorized: 4 of 4 jobs in 1 group(s): #0-3 (differing in seed)" in stdout
+    (line,) = [line for line in stdout.splitlines() if "vectorized: group #0-3" in line]
+    assert "ran out of memory (" in line and "can't allocate memory" in line
+    assert line.endswith("); training it as 2 groups")
+    runs, halves = children(MlflowClient(f"sqlite:///{isolated}/mlflow.db")), children(MlflowClient(halves_uri))
+    assert runs.keys() == halves.keys() and {run.info.status for run in runs.values()} == {"FINISHED"}
+    assert {run.data.metrics["time/group_size"] for run in runs.values()} == {2.0}
+    for name, run in runs.items():  # each job trained as in the sweep planned in halves
+        for key in ("train/loss", "val/loss", "test/loss", "test/r2"):
+            assert run.data.metrics[key] == pytest.approx(halves[name].data.metrics[key], rel=1e-5), (name, key)
+
+
 def lr_search(isolated) -> list[str]:
     """The arguments of an Optuna search of the learning rate of mlp_circle's MLP, 4 trials a batch."""
     search = isolated / "my_conf" / "hparams_search"
@@ -221,13 +275,18 @@ def test_an_optuna_search_through_the_launcher_is_one_group_per_batch_of_trials(
 
 
 def stopped_while_training(args: list[str], planned: str, isolated) -> tuple[MlflowClient, str]:
-    """Start the sweep, send SIGTERM once its group has trained 2 s; it exits 143 promptly with its parent run KILLED
-    and no run left RUNNING. The store's client and the command's stderr."""
+    """Start the sweep and stop it (`stopped`) once its group has trained 2 s."""
     process = start(*args, "trainer.max_epochs=100000", *QUIET)
     for line in process.stdout:  # the group is planned, then trains
         if planned in line:
             break
     time.sleep(2)
+    return stopped(process, isolated)
+
+
+def stopped(process, isolated) -> tuple[MlflowClient, str]:
+    """Send the sweep SIGTERM; it exits 143 promptly with its parent run KILLED and no run left RUNNING. The store's
+    client and the command's stderr."""
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
 
@@ -286,3 +345,28 @@ def test_a_signal_stops_a_batch_of_optuna_trials_each_killed_and_runnable_again_
         command = assert_killed_with_its_epochs(client, run, stderr, isolated)
         result = cli(*command, "--cfg", "hydra")
         assert yaml.safe_load(result.stdout)["hydra"]["mode"] == "RUN", "one run, not a new search"
+
+
+def test_a_signal_while_a_group_is_recorded_kills_each_job_not_recorded_with_its_epochs_and_no_resume_line(isolated):
+    # SIGTERM once the second job has drawn its first plot, while it is recorded in its run (a signal that came before
+    # would find no run of it): the first job stays FINISHED; the second, cut short, and those after it end KILLED
+    # with the epochs the group trained them, each with the command that runs it again (a job trained in a group has
+    # no checkpoint to resume from)
+    process = start(*VECTORIZED, "seed=0,1,2,3", "trainer.max_epochs=3", "data.n_points=100", *QUIET)
+    deadline = time.monotonic() + 300
+    while not list(isolated.glob("multirun/*/*/1/loss_curves.png")):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
+    client, stderr = stopped(process, isolated)
+
+    assert "resume=" not in stderr
+    finished, *killed = [children(client)[f"seed={seed}"] for seed in range(4)]
+    assert [run.info.status for run in [finished, *killed]] == ["FINISHED", "KILLED", "KILLED", "KILLED"]
+    assert "model.pt" in {artifact.path for artifact in client.list_artifacts(finished.info.run_id)}
+    assert not [line for line in stderr.splitlines() if line.startswith(f"run {finished.info.run_id} ")]
+    for seed, run in enumerate(killed, 1):
+        assert run.data.params.keys() == finished.data.params.keys() and run.data.params["seed"] == str(seed)
+        for key in ("epoch", "train/loss", "val/loss"):  # every epoch the group trained, once
+            steps = [step for step, _ in history(client, run, key)]
+            assert steps == [step for step, _ in history(client, finished, key)], (seed, key)
+        assert_killed_with_its_epochs(client, run, stderr, isolated)

@@ -164,7 +164,8 @@ def start_run(config: DictConfig, run_name: str, choices: dict[str, str | None],
               resumed: Interrupted | None = None) -> Iterator[MLFlowLogger]:
     """Open a run recording `config`, tagged with the config groups' choices (`choice.data`: mnist, ...) and
     `tags`, nested under `parent_run_id` when given (a sweep's job), or reopen the `resumed` one. It ends
-    FINISHED; KILLED when a signal stops the block; FAILED if the block raises, with the error's line as
+    FINISHED; KILLED when a signal stops the block (with the line that resumes it, for a run tagged with its
+    checkpoint folder); FAILED if the block raises, with the error's line as
     its tag `error`; SCHEDULED when SLURM requeued the job, whose next start continues it (resume.requeued_run)."""
     tracking = config.tracking
     mlflow.set_tracking_uri(tracking.tracking_uri)
@@ -191,10 +192,12 @@ def start_run(config: DictConfig, run_name: str, choices: dict[str, str | None],
         raise
     except Stopped:
         end_run("KILLED", logger)
-        ended = "KILLED" if not logger.lost else (
-            "stopped (its tracking server does not answer: the metrics it did not get are kept beside the checkpoint)")
-        print(f"run {run.info.run_id} {ended}; continue it from its last checkpoint with: "
-              f"{resume_command(run.info.run_id, tracking.tracking_uri)}", file=sys.stderr)
+        if "checkpoint.dir" in tags:  # else a vectorised group's job, which cannot be resumed: its caller's line says
+            ended = "KILLED" if not logger.lost else (  # what to do instead
+                "stopped (its tracking server does not answer: the metrics it did not get are kept beside the "
+                "checkpoint)")
+            print(f"run {run.info.run_id} {ended}; continue it from its last checkpoint with: "
+                  f"{resume_command(run.info.run_id, tracking.tracking_uri)}", file=sys.stderr)
         raise
     except BaseException as error:
         end_run("FAILED", logger, {"error": error_line(error)})

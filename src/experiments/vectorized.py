@@ -574,29 +574,52 @@ def rerun_command(job: Job) -> str:
     return "python -m experiments " + " ".join(map(shlex.quote, [*hydra, *job.config.hydra.overrides.task, *search]))
 
 
+def not_logged(run_id: str, history: list[tuple[int, dict[str, float]]]) -> list[tuple[int, dict[str, float]]]:
+    """The part of `history` the run does not hold yet (a signal may have cut its logging short)."""
+    client = mlflow.MlflowClient()
+    names = {name for _, values in history for name in values}
+    logged = {(metric.key, metric.step) for name in names for metric in client.get_metric_history(run_id, name)}
+    return [(step, {name: value for name, value in values.items() if (name, step) not in logged})
+            for step, values in history]
+
+
 def record_stopped(group: Group) -> None:
-    """After a signal stopped `group` training: each job's child run of the sweep, ended KILLED with its params and
-    the epochs it completed, as a single run stopped by a signal ends (a job that had diverged: FAILED with its
-    error, as `record` ends it). The group keeps no checkpoint, so these jobs cannot be resumed: each one's line
-    gives the command that runs it again."""
+    """After a signal stopped `group`, while it trained or while its jobs were recorded: each job's child run of the
+    sweep that is not complete (none yet, or the one whose recording the signal cut short) ends KILLED with its params
+    and the epochs it completed, as a single run stopped by a signal ends (a job that had diverged: FAILED with its
+    error, as `record` ends it); a job recorded before the signal keeps its run. The group keeps no checkpoint, so
+    these jobs cannot be resumed: each one's line gives the command that runs it again."""
     summary = model_summary(group.task)
     for position, job in sorted(enumerate(group.jobs), key=lambda item: item[1].index):
         saved = HydraConfig.instance().cfg
         HydraConfig.instance().set_config(job.config)  # the job's own: its run's name, number and parent
         config, error = task_config(job.config), group.diverged.get(position, (None,))[0]
-        again = rerun_command(job)
+        history, again, uri = group.job_history(position), rerun_command(job), config.tracking.tracking_uri
         try:
-            if store.unreachable(config.tracking.tracking_uri):  # MLflow would retry it for minutes
+            if store.unreachable(uri):  # MLflow would retry it for minutes
                 print(f"job {job.index} not recorded: its tracking server does not answer; run it again with: {again}",
                       file=sys.stderr)
                 continue
-            with run.open_run(config, HydraConfig.get().runtime.choices) as logger:
+            cut_short = sweep.child_run(mlflow.MlflowClient(uri), sweep.current_job())
+            if cut_short and cut_short.info.status in ("FINISHED", "FAILED"):
+                continue  # recorded before the signal came
+            if cut_short:  # its run, which tracking.start_run ended KILLED, opened again to complete it
+                mlflow.set_tracking_uri(uri)
+                opened = mlflow.start_run(cut_short.info.run_id)
+            else:
+                opened = run.open_run(config, HydraConfig.get().runtime.choices)
+            with opened:
+                run_id = mlflow.active_run().info.run_id
+                if cut_short:  # what start_run logs first, which the signal may have interrupted
+                    mlflow.log_params(tracking.flatten(config))
+                    mlflow.log_text(OmegaConf.to_yaml(config, resolve=True), "config.yaml")
+                    history = not_logged(run_id, history)
                 mlflow.log_text(summary, "model_summary.txt")
-                log_history(logger.run_id, group.job_history(position))
+                log_history(run_id, history)
                 if error:
                     raise error
-                tracking.end_run("KILLED", logger)
-            print(f"run {logger.run_id} (job {job.index}) KILLED: trained in a vectorised group, which keeps no "
+                mlflow.end_run("KILLED")
+            print(f"run {run_id} (job {job.index}) KILLED: trained in a vectorised group, which keeps no "
                   f"checkpoint, it cannot be resumed; run it again with: {again}", file=sys.stderr)
         except Diverged:  # as the launcher's recorder reports it
             sweep.record_failed_job(config, sweep.current_job(), error)

@@ -8,7 +8,8 @@ records every job of it through Hydra's `run_job` (its output folder, logs, call
 MLflow child run, the objective it returns). Every other job runs the ordinary way, through the
 app. One line says which jobs were grouped and why the rest were not. A job that fails, in a group
 or alone, fails only itself: the launcher goes on with the others. A signal (SIGINT, SIGTERM) while
-a group trains ends each of its jobs' runs KILLED with the epochs it completed, then the command.
+a group trains or its jobs are recorded ends each of its jobs' runs that is not complete (a job recorded
+before it keeps its run) KILLED with the epochs it completed, then the command.
 
 Only Hydra is imported here: Hydra imports every plugin for every command, `--help` included.
 """
@@ -73,8 +74,12 @@ class VectorizedLauncher(Launcher):
                              f"train as one program ({message}); its jobs run one by one")
                     alone += group
                 continue
-            for job, result in zip(group, trained):
-                returns[job.index] = self._run(job.config, recorder(job, result))
+            try:
+                for job, result in zip(group, trained):
+                    returns[job.index] = self._run(job.config, recorder(job, result))
+            except Stopped:  # while its jobs are recorded: each job whose run is not complete, as above
+                vectorized.record_stopped(training)
+                raise
         for job in sorted(alone, key=lambda job: job.index):
             vectorized.release(job)
             returns[job.index] = self._run(job.config, self.task_function)
