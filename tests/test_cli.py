@@ -60,6 +60,13 @@ def test_unknown_key_is_one_line():
     assert len(result.stderr.strip().splitlines()) == 1 and "lrr" in result.stderr
 
 
+def test_a_value_the_config_leaves_to_the_user_is_one_line_naming_it(tmp_path):
+    result = cli("-m", "experiments", "data=csv", "data.path=houses.csv", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: data.target has no value: set it on the command line (data.target=...)"], result.stderr
+
+
 def test_model_that_does_not_fit_the_targets_fails_before_training(tmp_path):
     result = cli("-m", "experiments", "data=xor", "loss=bce_with_logits", *QUIET, cwd=tmp_path)
     assert result.returncode != 0

@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from experiments.errors import ConfigError, Stopped, stop_on_signals
 
@@ -55,6 +55,8 @@ def one_line(error: Exception) -> str:
     if isinstance(error, MissingConfigException) and error.options:
         group = error.missing_cfg_file.rsplit("/", 1)[0]
         return f"{str(error).splitlines()[0]}; available {group} options: {', '.join(sorted(error.options))}"
+    if isinstance(error, MissingMandatoryValue) and error.full_key:  # a `???` in a config, e.g. data=csv's data.target
+        return f"{error.full_key} has no value: set it on the command line ({error.full_key}=...)"
     cause = error.__cause__
     if isinstance(cause, ConfigError):  # raised while Hydra instantiated a config: ours is the message
         return str(cause)
