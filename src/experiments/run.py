@@ -88,6 +88,10 @@ def fit_and_test(trainer: L.Trainer, task: Task, datamodule, resume_from: Path |
     if datamodule.test is not None:  # test replaces the trainer's metrics with its own
         trainer.test(task, datamodule=datamodule, verbose=False)
         results |= {name: float(value) for name, value in trainer.callback_metrics.items()}
+    if torch.distributed.is_initialized():
+        # A DDP run's processes communicate no more. Left to the interpreter's exit, gloo's threads can abort a
+        # process ("terminate called without an active exception"); PyTorch asks for this call instead.
+        torch.distributed.destroy_process_group()
     # trainer=compiled: the one-time compilation apart from the training (compiled.py)
     results["time/fit_seconds"] = fit_seconds - results.get("time/compile_seconds", 0.0)
     results["time/samples_per_second"] = len(datamodule.train) * passes / results["time/fit_seconds"]
