@@ -28,6 +28,12 @@ def flatten(config: DictConfig) -> dict[str, object]:
     return pd.json_normalize(OmegaConf.to_container(config, resolve=True), sep=".").iloc[0].to_dict()
 
 
+def log_config(config: DictConfig) -> None:
+    """Record `config` in the active run: each value a param, the whole as config.yaml (which resume reads)."""
+    mlflow.log_params(flatten(config))
+    mlflow.log_text(OmegaConf.to_yaml(config, resolve=True), "config.yaml")
+
+
 FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 RETRY_SECONDS = 30  # the longest wait between two tries to send to a lost server
 
@@ -182,8 +188,7 @@ def start_run(config: DictConfig, run_name: str, choices: dict[str, str | None],
         logger = EpochLogger(run_id=run.info.run_id, **options)
     try:
         if not resumed:
-            mlflow.log_params(flatten(config))
-            mlflow.log_text(OmegaConf.to_yaml(config, resolve=True), "config.yaml")
+            log_config(config)
         yield logger
     except Requeued:
         end_run("SCHEDULED", logger)

@@ -611,8 +611,7 @@ def record_stopped(group: Group) -> None:
             with opened:
                 run_id = mlflow.active_run().info.run_id
                 if cut_short:  # what start_run logs first, which the signal may have interrupted
-                    mlflow.log_params(tracking.flatten(config))
-                    mlflow.log_text(OmegaConf.to_yaml(config, resolve=True), "config.yaml")
+                    tracking.log_config(config)
                     history = not_logged(run_id, history)
                 mlflow.log_text(summary, "model_summary.txt")
                 log_history(run_id, history)
