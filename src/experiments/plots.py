@@ -8,11 +8,15 @@ Figures are built with matplotlib's object API on an Agg canvas, not with pyplot
 in pyplot's global list of open figures, and no display or GUI backend is needed, whatever the
 user's matplotlib backend is. Their margins are fixed, not laid out by matplotlib (constrained or
 tight layout): measuring every label to lay out a figure took 0.07 s of the 0.2 s a figure costs,
-in every job of a sweep; the sizes below leave room for the labels these figures have.
+in every job of a sweep; the sizes below leave room for the labels these figures have. Likewise
+their titles sit at the top of their axes (`axes.titley`), where matplotlib would place them after
+measuring the axes' decorations at every draw (0.02 s a figure; the same pixels here, as these axes
+have nothing above them).
 """
 import tempfile
 from pathlib import Path
 
+import matplotlib
 import mlflow
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -54,7 +58,8 @@ def draw_decision_boundary(ax, model, datamodule, threshold: float) -> None:
     """Filled contour of the predicted class over the unit square, the training points on top."""
     grid = torch.linspace(0, 1, 200)
     xx, yy = torch.meshgrid(grid, grid, indexing="xy")
-    outputs = predict(model, datamodule.normalize(torch.stack([xx.flatten(), yy.flatten()], dim=1)))
+    # 40,000 rows of 2 inputs: one batch
+    outputs = predict(model, datamodule.normalize(torch.stack([xx.flatten(), yy.flatten()], dim=1)), xx.numel())
     classes = predicted_labels(outputs, datamodule.target_encoding, threshold).view(xx.shape)
     ax.contourf(xx, yy, classes, alpha=0.3, cmap="coolwarm")
     points, targets = datamodule.train.inputs, datamodule.train.targets
@@ -91,6 +96,18 @@ def draw_predicted_vs_actual(ax, model, datamodule) -> None:
 def log_plots(model, datamodule, threshold: float, losses: dict[str, list[float]], output_dir: Path | None) -> list[str]:
     """Draw the plots that fit this run, log each to the active MLflow run and save it to `output_dir`; return
     their names. `losses`: the per-epoch losses by stage, as `loss_history` reads them."""
+    with matplotlib.rc_context({"axes.titley": 1.0}):  # titles at the top, not measured (see the module's docstring)
+        figures = draw_plots(model, datamodule, threshold, losses)
+    folder = output_dir or Path(tempfile.mkdtemp())  # runs from Python have no output folder
+    for name, figure in figures.items():
+        # drawn once, for the folder and the run; PNG's fastest compression: 0.02 s less a figure, files 20% larger
+        figure.savefig(folder / name, pil_kwargs={"compress_level": 1})
+        mlflow.log_artifact(str(folder / name), "plots")
+    return list(figures)
+
+
+def draw_plots(model, datamodule, threshold: float, losses: dict[str, list[float]]) -> dict[str, Figure]:
+    """The figures that fit this run, by file name (see log_plots)."""
     model.eval()
     encoding = datamodule.target_encoding
     figures = {}
@@ -111,9 +128,4 @@ def log_plots(model, datamodule, threshold: float, losses: dict[str, list[float]
         figure, ax = new_figure(5, 5)
         draw_predicted_vs_actual(ax, model, datamodule)
         figures["predicted_vs_actual.png"] = figure
-    folder = output_dir or Path(tempfile.mkdtemp())  # runs from Python have no output folder
-    for name, figure in figures.items():
-        # drawn once, for the folder and the run; PNG's fastest compression: 0.02 s less a figure, files 20% larger
-        figure.savefig(folder / name, pil_kwargs={"compress_level": 1})
-        mlflow.log_artifact(str(folder / name), "plots")
-    return list(figures)
+    return figures
