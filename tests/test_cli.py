@@ -150,6 +150,24 @@ def test_a_value_out_of_range_is_one_line_before_anything_runs(tmp_path, overrid
     assert not (tmp_path / "mlflow.db").exists(), "no MLflow run opened"
 
 
+@pytest.mark.parametrize("accelerator, expected", [
+    ("gpu", "trainer.accelerator=gpu: Lightning finds no gpu device on this machine; "
+            "use trainer.accelerator=auto or cpu"),
+    ("gpux", "trainer.accelerator=gpux is not an accelerator Lightning knows (auto, cpu, cuda, gpu, mps, tpu); "
+             "use trainer.accelerator=auto or cpu"),
+], ids=["no-gpu", "misspelt"])
+def test_an_accelerator_lightning_cannot_use_is_one_line_naming_the_ones_it_can(tmp_path, accelerator, expected):
+    import torch
+
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        pytest.skip("a machine with a GPU: Lightning can use more than the CPU")
+    result = cli("-m", "experiments", "data=xor", "trainer.max_epochs=1", f"trainer.accelerator={accelerator}", *QUIET,
+                 cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {expected}"], result.stderr
+    assert not (tmp_path / "mlflow.db").exists(), "no MLflow run opened"
+
+
 def test_values_are_checked_in_the_python_api_and_in_predict(tmp_path):
     from experiments.api import run_experiment
     from experiments.errors import ConfigError

@@ -9,9 +9,10 @@ import lightning as L
 import mlflow
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.accelerators import AcceleratorRegistry, CPUAccelerator
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from omegaconf import DictConfig, OmegaConf
 
@@ -117,7 +118,29 @@ def build_trainer(options: DictConfig, extra_callbacks: list[L.Callback]) -> L.T
     options = OmegaConf.to_container(options, resolve=True)
     callbacks = [instantiate(callback) for callback in (options.pop("callbacks", None) or {}).values()
                  if callback is not None]
-    return instantiate(options, logger=False, callbacks=[*callbacks, *extra_callbacks])
+    try:
+        return instantiate(options, logger=False, callbacks=[*callbacks, *extra_callbacks])
+    except InstantiationException as error:
+        problem = accelerator_problem(options.get("accelerator"))
+        if problem is None:
+            raise
+        raise ConfigError(problem) from error
+
+
+def accelerator_problem(name) -> str | None:
+    """Why Lightning cannot use trainer.accelerator=`name` on this machine, in a line saying what to set instead;
+    None if it can. Lightning's own message (which `build_trainer` replaces) names neither the option nor a fix."""
+    if not isinstance(name, str) or name == "auto":  # an Accelerator object's config: Lightning's own message
+        return None
+    names = AcceleratorRegistry.available_accelerators()  # all Lightning knows, not only those usable here
+    known = ["auto", *sorted([*names, "gpu"])]
+    usable = [other for other in names if AcceleratorRegistry[other]["accelerator"].is_available()]
+    fix = f"use trainer.accelerator={' or '.join(['auto', *usable])}"
+    if name not in known:
+        return f"trainer.accelerator={name} is not an accelerator Lightning knows ({', '.join(known)}); {fix}"
+    if name in usable or (name == "gpu" and {"cuda", "mps"} & set(usable)):  # gpu: either of them
+        return None
+    return f"trainer.accelerator={name}: Lightning finds no {name} device on this machine; {fix}"
 
 
 def open_run(config: DictConfig, choices, tags: dict[str, str] | None = None, resumed=None):
