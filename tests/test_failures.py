@@ -188,6 +188,20 @@ def test_a_run_killed_by_sigkill_resumes_into_its_run_and_ends_as_if_never_stopp
     assert len(store.search_runs([resumed.info.experiment_id])) == 1, "no second run"
 
 
+def test_the_checkpoint_interval_counts_training_time_not_the_set_up_before_it(isolated):
+    """A run trains `interval` seconds before its first checkpoint, however long opening its MLflow run took:
+    here a new store, whose creation takes longer than the interval, and one epoch that takes far less."""
+    from experiments.api import run_experiment
+
+    folder = isolated / "checkpoints"
+    setting = ["data=xor", "trainer.max_epochs=1", "trainer.callbacks.last_checkpoint.interval=0.5",
+               f"trainer.callbacks.last_checkpoint.dirpath={folder}", *QUIET]
+    run_experiment([*setting, f"tracking.tracking_uri=sqlite:///{isolated}/new.db"])
+    assert not (folder / "last.ckpt").exists()
+    run_experiment([*setting, "trainer.max_epochs=3000", f"tracking.tracking_uri=sqlite:///{isolated}/new.db"])
+    assert (folder / "last.ckpt").is_file(), "a run that trains longer than the interval keeps one"
+
+
 def test_resuming_a_finished_run_is_one_line(store):
     assert cli("-m", "experiments", "data=xor", "trainer.max_epochs=1", *QUIET).returncode == 0
     (run,) = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
