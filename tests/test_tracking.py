@@ -43,6 +43,14 @@ def test_tracking_uri_from_environment_and_from_config(tmp_path, monkeypatch):
     assert len(client.search_runs([client.get_experiment_by_name("mine").experiment_id])) == 1
 
 
+def test_a_store_given_to_one_run_is_not_the_default_of_the_next_in_the_same_process(store, isolated):
+    """MLflow sets MLFLOW_TRACKING_URI to the store it is pointed at, which the config reads as the user's choice:
+    a later run from Python must still go to its own default, the folder's mlflow.db."""
+    run_experiment(["data=xor", "trainer.max_epochs=1", f"tracking.tracking_uri=sqlite:///{isolated}/given.db", *QUIET])
+    run_experiment(["data=xor", "trainer.max_epochs=1", *QUIET])
+    assert len(store.search_runs([store.get_experiment_by_name("experiments").experiment_id])) == 1
+
+
 def test_every_job_of_a_sweep_lands_in_the_one_store(tmp_path, store):
     result = cli("-m", "experiments", "-m", "data=xor", "model=mlp,linear", "trainer.max_epochs=2", *QUIET,
                  cwd=tmp_path)

@@ -14,6 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from experiments import store
 from experiments.cli import reported_as_one_line, run_app
 from experiments.errors import ConfigError
 from experiments.ranges import check_ranges
@@ -93,7 +94,7 @@ def app(config: DictConfig) -> None:
 
         import mlflow  # after the jobs: keeps this command's start-up light
 
-        mlflow.set_tracking_uri(config.tracking.tracking_uri)
+        store.use(config.tracking.tracking_uri)
         runs = mlflow.search_runs(experiment_names=[config.tracking.experiment_name], output_format="list",
                                   filter_string=f"params.reproduction = '{reproduction}'")
         rows = report_rows(runs, config.tolerance)

@@ -70,6 +70,20 @@ def check_reachable(tracking_uri: str) -> None:
                           "running one") from error
 
 
+def use(tracking_uri: str) -> None:
+    """Point MLflow's fluent API (mlflow.start_run, ...) at `tracking_uri`, leaving the environment as it was.
+    MLflow also sets MLFLOW_TRACKING_URI, for its subprocesses; a later run in the same process (the Python API)
+    would then read it as the user's choice (conf/tracking/local.yaml) and go to this store, not its own."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking_uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def experiment_id(tracking_uri: str, experiment_name: str) -> str:
     """The id of the experiment named so, creating the store and the experiment when missing."""
     import mlflow

@@ -174,7 +174,7 @@ def start_run(config: DictConfig, run_name: str, choices: dict[str, str | None],
     checkpoint folder); FAILED if the block raises, with the error's line as
     its tag `error`; SCHEDULED when SLURM requeued the job, whose next start continues it (resume.requeued_run)."""
     tracking = config.tracking
-    mlflow.set_tracking_uri(tracking.tracking_uri)
+    store.use(tracking.tracking_uri)
     mlflow.set_experiment(experiment_id=store.experiment_id(tracking.tracking_uri, tracking.experiment_name))
     tags = {f"choice.{group}": str(option) for group, option in choices.items() if not group.startswith("hydra")} | (
         tags or {})

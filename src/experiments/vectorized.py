@@ -604,7 +604,7 @@ def record_stopped(group: Group) -> None:
             if cut_short and cut_short.info.status in ("FINISHED", "FAILED"):
                 continue  # recorded before the signal came
             if cut_short:  # its run, which tracking.start_run ended KILLED, opened again to complete it
-                mlflow.set_tracking_uri(uri)
+                store.use(uri)
                 opened = mlflow.start_run(cut_short.info.run_id)
             else:
                 opened = run.open_run(config, HydraConfig.get().runtime.choices)
