@@ -156,9 +156,12 @@ def command_seconds(args: list[str], repeats: int = 3, folder: str | None = None
 
 
 def a2_cmd() -> tuple:
-    mine = command_seconds(["-m", "experiments", "experiment=house_prices_linear", *QUIET], repeats=2)
+    command = ["-m", "experiments", "experiment=house_prices_linear", *QUIET]
+    with tempfile.TemporaryDirectory() as folder:
+        command_seconds(command, repeats=1, folder=folder)  # creates the folder's MLflow store, as a user's first run
+        mine = command_seconds(command, repeats=2, folder=folder)
     plain = command_seconds([str(Path(__file__).resolve()), "--plain-a2"], repeats=2)
-    return mine, plain, "whole processes"
+    return mine, plain, "whole processes, ours in a folder with an MLflow store"
 
 
 def a1() -> tuple:
