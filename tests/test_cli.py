@@ -56,8 +56,10 @@ def test_wrong_value_type_is_one_line():
 
 def test_unknown_key_is_one_line():
     result = cli("-m", "experiments", "optimizer.lrr=0.1")
-    assert result.returncode != 0
-    assert len(result.stderr.strip().splitlines()) == 1 and "lrr" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: Could not override 'optimizer.lrr'. To append to your config use +optimizer.lrr=0.1 "
+        "(Key 'lrr' is not in struct)"], result.stderr
 
 
 def test_a_value_the_config_leaves_to_the_user_is_one_line_naming_it(tmp_path):

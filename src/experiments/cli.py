@@ -60,7 +60,8 @@ def one_line(error: Exception) -> str:
     cause = error.__cause__
     if isinstance(cause, ConfigError):  # raised while Hydra instantiated a config: ours is the message
         return str(cause)
-    message = str(error) + (f" ({cause})" if isinstance(cause, OmegaConfBaseException) else "")
+    # OmegaConf's cause: its first line says what is wrong; the others are its internals (full_key, object_type)
+    message = str(error) + (f" ({str(cause).splitlines()[0]})" if isinstance(cause, OmegaConfBaseException) else "")
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
