@@ -76,12 +76,22 @@ def use(tracking_uri: str) -> None:
     would then read it as the user's choice (conf/tracking/local.yaml) and go to this store, not its own."""
     import mlflow
 
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(tracking_uri)
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
+    with environment_restored("MLFLOW_TRACKING_URI"):
+        mlflow.set_tracking_uri(tracking_uri)
+
+
+@contextmanager
+def environment_restored(*names: str) -> Iterator[None]:
+    """The environment variables `names` as they were before the block, whatever it set them to."""
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def experiment_id(tracking_uri: str, experiment_name: str) -> str:

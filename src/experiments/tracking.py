@@ -42,16 +42,9 @@ RETRY_SECONDS = 30  # the longest wait between two tries to send to a lost serve
 def failing_fast() -> Iterator[None]:
     """MLflow's HTTP requests tried once, with a short timeout: by default MLflow retries a server that does not
     answer for minutes, during which training would stand still (the metrics not sent are kept instead)."""
-    saved = {name: os.environ.get(name) for name in FAIL_FAST}
-    os.environ.update(FAIL_FAST)
-    try:
+    with store.environment_restored(*FAIL_FAST):
+        os.environ.update(FAIL_FAST)
         yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name)
-            else:
-                os.environ[name] = value
 
 
 class EpochLogger(MLFlowLogger):
