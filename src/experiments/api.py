@@ -10,9 +10,12 @@ from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from experiments import task
+from experiments.cli import heavy_import
 from experiments.ranges import check_ranges
-from experiments.run import Result, run
+
+heavy_import("experiments.run")  # torch, Lightning and MLflow, then kept out of the garbage collector's scans
+from experiments import task  # noqa: E402
+from experiments.run import Result, run  # noqa: E402
 
 
 def compose_config(overrides: list[str] = ()) -> DictConfig:

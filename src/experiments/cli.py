@@ -1,11 +1,16 @@
 """Command-line plumbing shared by the apps (`experiments`, `experiments.reproduce`, ...): bad input
-reported as one line, and override values checked against their types. Imports only Hydra and OmegaConf."""
+reported as one line, override values checked against their types, the heavy libraries imported once.
+Imports only Hydra and OmegaConf."""
+import atexit
+import gc
+import importlib
 import logging
 import os
 import sys
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from types import ModuleType
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -104,6 +109,37 @@ def log_warning(message, category, filename, lineno, file=None, line=None) -> No
     logging.getLogger("py.warnings").log(logging.INFO if notice else logging.WARNING, "%s", text)
 
 
+def heavy_import(name: str) -> ModuleType:
+    """Import module `name` and the libraries behind it (torch, Lightning, MLflow: objects that live as long as
+    the process, 600,000 of them for experiments.run) without the garbage collector, then freeze every object out
+    of its later collections (gc.freeze, which Python provides for such long-lived objects).
+
+    Each full collection scans every object, and one falls due whenever they grow by a quarter: while importing
+    experiments.run, a second of its 4.5 s here; later, one in nearly every run scanned the libraries again (0.3 s
+    of REFERENCE.md A2's 2.6 s fit). A freeze also keeps the garbage there is at that moment (15,000 objects after
+    experiments.run), so it is done once per module and process, not once per job."""
+    if name in sys.modules:
+        return sys.modules[name]
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return importlib.import_module(name)
+    finally:
+        if not gc.get_freeze_count():
+            atexit.register(unfreeze_at_exit)
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
+def unfreeze_at_exit() -> None:
+    """Give the frozen objects back to the collector for the interpreter's last collection, after its modules are
+    cleared, where extensions check that their objects are freed (triton's bindings print a line for each one
+    left), without the full collection before it that would scan them all (half a second)."""
+    gc.disable()
+    gc.unfreeze()
+
+
 def run_app(app) -> None:
     """Run a Hydra app, printing bad input as one line, with the libraries' chatter in the job's log file,
     and a stop by SIGINT or SIGTERM as one line with exit status 130 or 143 (the runs it stopped end KILLED).
@@ -111,7 +147,10 @@ def run_app(app) -> None:
     Hydra reports config errors over several lines; asked to raise them instead (HYDRA_FULL_ERROR),
     it lets us print one. A user who sets HYDRA_FULL_ERROR themselves gets Hydra's full report.
     `-v` (or `--verbose`) is `hydra.verbose=true`: every library's lines on the console too.
+    The process ends once the app and the exit handlers are done, without the interpreter's teardown
+    (`end_without_teardown`).
     """
+    global exit_status
     sys.argv = ["hydra.verbose=true" if arg in ("-v", "--verbose") else arg for arg in sys.argv]
     # MLflow would give its loggers a console handler of their own when imported; this leaves them to the
     # job's logging config, which sends their lines to the log file
@@ -120,12 +159,38 @@ def run_app(app) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     warnings.showwarning = log_warning
     stop_on_signals()
+    atexit.register(end_without_teardown)  # before the libraries' exit handlers, so that it runs after them
     try:
         if "HYDRA_FULL_ERROR" in os.environ:
-            return app()
-        os.environ["HYDRA_FULL_ERROR"] = "1"
-        with reported_as_one_line():
             app()
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = "1"
+            with reported_as_one_line():
+                app()
     except Stopped as stop:
         print(f"error: {stop}", file=sys.stderr)
+        exit_status = stop.exit_code
         sys.exit(stop.exit_code)
+    except SystemExit as ending:
+        # Python's own reading of its code: a number is the status, None is 0, anything else is printed and is 1
+        exit_status = ending.code if isinstance(ending.code, int) else int(ending.code is not None)
+        raise
+    exit_status = 0
+
+
+exit_status: int | None = None  # the app's, once it has ended without an uncaught exception
+
+
+def end_without_teardown() -> None:
+    """End the process once the other exit handlers have run (MLflow's, which ends an active run; joblib's,
+    which stops its workers; ...) and the console and log files are flushed, without the interpreter's
+    teardown, whose last garbage collections and freeing of the libraries' objects (a million) take 1.2 s
+    after a run here: longer than the whole training of a tiny run. After an uncaught exception, the
+    interpreter ends as usual."""
+    if exit_status is None:
+        return
+    logging.shutdown()  # registered when logging was imported, before this, so due after it
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(OSError, ValueError):  # a closed pipe or stream: nothing left to write to
+            stream.flush()
+    os._exit(exit_status)

@@ -26,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from experiments import errors, store
-from experiments.cli import error_line
+from experiments.cli import error_line, heavy_import
 
 PARENT_FILE = "mlflow_parent_run.json"
 
@@ -196,7 +196,7 @@ class ParentRun(Callback):
             sys.exit(1)
 
     def start(self, config: DictConfig) -> None:
-        import mlflow
+        mlflow = heavy_import("mlflow")
 
         HydraConfig.instance().set_config(config)  # the `hydra:` resolver in tracking_uri needs it
         self.tracking_uri = config.tracking.tracking_uri

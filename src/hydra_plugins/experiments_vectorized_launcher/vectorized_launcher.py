@@ -38,8 +38,10 @@ class VectorizedLauncher(Launcher):
         self.config, self.task_function, self.hydra_context = config, task_function, hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from experiments import vectorized  # torch and Lightning load only when a sweep runs
+        from experiments.cli import heavy_import
         from experiments.errors import Stopped
+
+        vectorized = heavy_import("experiments.vectorized")  # torch and Lightning load only when a sweep runs
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
