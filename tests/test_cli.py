@@ -25,6 +25,19 @@ def test_help_and_cfg_job_do_not_import_torch_lightning_or_mlflow():
         assert not modules & set(HEAVY), f"{args} imported {modules & set(HEAVY)}"
 
 
+def test_the_libraries_are_imported_without_the_garbage_collector_then_kept_out_of_its_scans():
+    """cli.heavy_import: the collector is on again afterwards, but its collections no longer scan the libraries'
+    objects; and at the interpreter's exit they are freed without a word (frozen, triton's bindings would report
+    each of its objects as leaked)."""
+    result = cli("-c", "import gc; from experiments.cli import heavy_import; heavy_import('experiments.run'); "
+                       "print(gc.isenabled(), gc.get_freeze_count(), len(gc.get_objects()))")
+    assert result.returncode == 0, result.stderr
+    enabled, frozen, scanned = result.stdout.split()
+    assert enabled == "True"
+    assert int(frozen) > 500_000 > int(scanned), (frozen, scanned)
+    assert result.stderr == ""
+
+
 def test_cfg_job_shows_composed_config_with_the_dataset_choosing_its_loss():
     result = cli("-m", "experiments", "--cfg", "job", "data=xor", "optimizer=sgd", "optimizer.lr=0.3")
     config = yaml.safe_load(result.stdout)
