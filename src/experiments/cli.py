@@ -111,7 +111,7 @@ def log_warning(message, category, filename, lineno, file=None, line=None) -> No
 
 def heavy_import(name: str) -> ModuleType:
     """Import module `name` and the libraries behind it (torch, Lightning, MLflow: objects that live as long as
-    the process, 600,000 of them for experiments.run) without the garbage collector, then freeze every object out
+    the process, about 600,000 of them for experiments.run) without the garbage collector, then freeze every object out
     of its later collections (gc.freeze, which Python provides for such long-lived objects).
 
     Each full collection scans every object, and one falls due whenever they grow by a quarter: while importing
@@ -138,6 +138,9 @@ def unfreeze_at_exit() -> None:
     left), without the full collection before it that would scan them all (half a second)."""
     gc.disable()
     gc.unfreeze()
+
+
+exit_status: int | None = None  # the app's, once it has ended without an uncaught exception (run_app)
 
 
 def run_app(app) -> None:
@@ -176,9 +179,6 @@ def run_app(app) -> None:
         exit_status = ending.code if isinstance(ending.code, int) else int(ending.code is not None)
         raise
     exit_status = 0
-
-
-exit_status: int | None = None  # the app's, once it has ended without an uncaught exception
 
 
 def end_without_teardown() -> None:

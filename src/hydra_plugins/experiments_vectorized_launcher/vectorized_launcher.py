@@ -13,6 +13,7 @@ before it keeps its run) KILLED with the epochs it completed, then the command.
 
 Only Hydra is imported here: Hydra imports every plugin for every command, `--help` included.
 """
+import gc
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -57,6 +58,11 @@ class VectorizedLauncher(Launcher):
         returns: dict[int, JobReturn] = {}
         while groups:
             group = groups.pop(0)
+            # The last group's tensors go before this one's are made. After a failure, reference cycles hold them until
+            # the garbage collector runs (accelerate's find_executable_batch_size collects after running out of memory
+            # too): without this, the halves of a group that ran out of memory ran out as well.
+            training = None
+            gc.collect()
             try:
                 training = vectorized.Group(group)
                 try:
@@ -82,6 +88,8 @@ class VectorizedLauncher(Launcher):
             except Stopped:  # while its jobs are recorded: each job whose run is not complete, as above
                 vectorized.record_stopped(training)
                 raise
+        training = None  # as above, before the jobs that train alone
+        gc.collect()
         for job in sorted(alone, key=lambda job: job.index):
             vectorized.release(job)
             returns[job.index] = self._run(job.config, self.task_function)
