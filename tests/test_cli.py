@@ -183,6 +183,16 @@ def test_an_accelerator_lightning_cannot_use_is_one_line_naming_the_ones_it_can(
     assert not (tmp_path / "mlflow.db").exists(), "no MLflow run opened"
 
 
+def test_another_trainer_option_lightning_refuses_is_one_line_in_its_words(tmp_path):
+    result = cli("-m", "experiments", "data=xor", "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.devices=0",
+                 *QUIET, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: Lightning's Trainer refuses the trainer options: `Trainer(devices=0)` value is not a valid input "
+        "using cpu accelerator; change the one it names"], result.stderr
+    assert not (tmp_path / "mlflow.db").exists(), "no MLflow run opened"
+
+
 def test_values_are_checked_in_the_python_api_and_in_predict(tmp_path):
     from experiments.api import run_experiment
     from experiments.errors import ConfigError

@@ -14,6 +14,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.accelerators import AcceleratorRegistry, CPUAccelerator
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import checkpoint, models, plots, resume, sweep, tracking
@@ -122,6 +123,9 @@ def build_trainer(options: DictConfig, extra_callbacks: list[L.Callback]) -> L.T
         return instantiate(options, logger=False, callbacks=[*callbacks, *extra_callbacks])
     except InstantiationException as error:
         problem = accelerator_problem(options.get("accelerator"))
+        if problem is None and isinstance(error.__cause__, MisconfigurationException):  # any other option it refuses
+            problem = (f"Lightning's Trainer refuses the trainer options: {str(error.__cause__).rstrip('.')}; "
+                       "change the one it names")
         if problem is None:
             raise
         raise ConfigError(problem) from error
