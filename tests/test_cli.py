@@ -184,8 +184,8 @@ def test_an_accelerator_lightning_cannot_use_is_one_line_naming_the_ones_it_can(
 
 
 def test_another_trainer_option_lightning_refuses_is_one_line_in_its_words(tmp_path):
-    result = cli("-m", "experiments", "data=xor", "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.devices=0",
-                 *QUIET, cwd=tmp_path)
+    result = cli("-m", "experiments", "data=xor", "trainer.max_epochs=1", "trainer.accelerator=cpu",
+                 "trainer.devices=0", *QUIET, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: Lightning's Trainer refuses the trainer options: `Trainer(devices=0)` value is not a valid input "
