@@ -130,6 +130,14 @@ def test_rmse_and_r2_are_over_the_whole_epoch_not_averaged_over_batches(tmp_path
     assert result.metrics["val/rmse"] == pytest.approx(root_mean_squared_error(val.targets.numpy(), predicted), rel=1e-4)
 
 
+def test_a_metric_set_to_null_is_dropped_and_the_others_are_recorded(tmp_path):
+    path = write_csv(tmp_path / "houses.csv", n_rows=40)
+    result = run_experiment(["data=csv", f"data.path={path}", "data.target=price", "metrics.r2=null",
+                             "trainer.max_epochs=2", *QUIET])
+    assert {"val/mse", "val/rmse", "val/mae"} <= set(result.metrics)
+    assert not {"train/r2", "val/r2"} & set(result.metrics)
+
+
 def test_preprocessing_is_fitted_on_the_training_rows_only(tmp_path):
     frame = pd.DataFrame({"x": np.arange(50.0), "colour": ["red", "blue"] * 25, "price": np.arange(50.0) + 1})
     frame.to_csv(tmp_path / "first.csv", index=False)

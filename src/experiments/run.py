@@ -105,7 +105,8 @@ def build(config: DictConfig) -> tuple[Task, L.LightningDataModule]:
     L.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = instantiate(config.data)
     model = models.build(config.model, datamodule.input_shape, datamodule.num_outputs, datamodule.target_scale)
-    metrics = instantiate(config.metrics, _convert_="all")
+    metrics = {name: metric for name, metric in instantiate(config.metrics, _convert_="all").items()
+               if metric is not None}  # null drops one (metrics.r2=null)
     scheduler = instantiate(config.scheduler) if config.scheduler else None
     task = Task(model, instantiate(config.loss), metrics, instantiate(config.optimizer), scheduler)
     check_one_batch(task, datamodule)
