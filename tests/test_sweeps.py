@@ -124,6 +124,17 @@ def test_an_optuna_search_records_its_best_trial_on_the_parent(store):
     assert f"best_value: {best.data.metrics['val/loss']}" in optuna_result
 
 
+def test_an_optuna_study_in_a_database_is_refused_in_one_line_before_the_sweep_starts(isolated):
+    # hydra-optuna-sweeper's Optuna (below 3) fails on a database beside SQLAlchemy 2 with a bare AssertionError
+    result = cli("-m", "experiments", "hparams_search=mlp_circle", "hydra.sweeper.storage=sqlite:///optuna.db",
+                 "hydra.sweeper.n_trials=1", *QUIET)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: the sweep cannot start: hydra.sweeper.storage=sqlite:///optuna.db:"), line
+    assert "leave it null" in line
+    assert not (isolated / "mlflow.db").exists() and not (isolated / "optuna.db").exists()  # nothing half-written
+
+
 def test_the_slurm_preset_composes_and_its_pickled_job_runs_as_on_a_node(store, monkeypatch):
     """No cluster here: compose the preset, pickle the launcher's job as submitit sends it to SLURM
     (cloudpickle), then unpickle and run it as a SLURM task would, inside the sweep's parent run."""

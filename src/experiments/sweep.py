@@ -172,6 +172,20 @@ def stop_with_one_line(action: str, error: Exception) -> None:
     sys.exit(2 if isinstance(error, errors.ConfigError) else 1)
 
 
+OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+
+
+def check_sweeper(sweeper: DictConfig) -> None:
+    """Refuse a sweeper option these libraries cannot carry out, before the sweep starts. hydra-optuna-sweeper
+    needs Optuna below 3, whose database storage writes its schema's version on a connection it never commits,
+    which SQLAlchemy 2 (MLflow's) then rolls back: Optuna then fails with a bare AssertionError."""
+    if sweeper.get("_target_") == OPTUNA_SWEEPER and sweeper.get("storage"):
+        raise errors.ConfigError(
+            f"hydra.sweeper.storage={sweeper.storage}: hydra-optuna-sweeper's Optuna (below 3) cannot keep a study "
+            "in a database beside SQLAlchemy 2, which MLflow needs; leave it null (the study in memory, its trials "
+            "and best one recorded in the sweep's MLflow runs)")
+
+
 class ParentRun(Callback):
     """The MLflow parent run of a multirun (see the module's docstring)."""
 
@@ -180,6 +194,10 @@ class ParentRun(Callback):
         self.run_id = self.tracking_uri = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            check_sweeper(config.hydra.sweeper)
+        except errors.ConfigError as error:
+            stop_with_one_line("the sweep cannot start", error)
         try:
             self.start(config)
         except Exception as error:
