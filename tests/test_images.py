@@ -88,7 +88,7 @@ def test_cnn_reaches_98_5_percent_on_mnist_in_one_epoch(tmp_path, store):
 @pytest.mark.slow
 def test_the_fastest_known_recipe_reaches_99_percent_in_one_epoch_on_all_training_images():
     metrics = run_experiment(["experiment=mnist_one_epoch_99", *QUIET]).metrics
-    # published: a mean of 99.04% over 30 seeds, the lowest 98.93%
+    # published: a mean of 99.04% over 30 seeds; the eight runs it prints, 98.93% to 99.12%
     assert metrics["test/accuracy"] >= 0.989
     assert round(metrics["time/samples_per_second"] * metrics["time/fit_seconds"]) == 60000  # one epoch of all
     assert "val/loss" not in metrics  # no held-out images: the fit only trains, as the published loop
