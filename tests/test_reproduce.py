@@ -53,6 +53,7 @@ def test_reproduce_runs_the_chosen_presets_and_reports_verdicts(tmp_path, store)
     assert rows["circle_zero_init"]["ours"] == "1" and rows["circle_random_init"]["ours"] == "8"
     assert {row["verdict"] for row in rows.values()} == {"yes"}
     assert all(float(row["fit seconds"]) > 0 for row in rows.values())
+    assert "alembic" not in result.stdout + result.stderr  # the store's set-up is no news to the user
 
     experiment = store.get_experiment_by_name("experiments").experiment_id
     (report_run,) = store.search_runs([experiment], "attributes.run_name LIKE 'reproduction-%'")
