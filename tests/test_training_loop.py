@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 
 from conftest import QUIET, cli
 from experiments.api import compose_config, run_experiment
-from experiments.errors import ConfigError
+from experiments.errors import ConfigError, Diverged
 from experiments.task import apply
 
 
@@ -65,29 +65,72 @@ def metric_history(store, run_id: str, key: str) -> list[float]:
     return [m.value for m in sorted(store.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
+def logged_metrics(store, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """Every metric a run logged but its timings, as (step, value) pairs in step order."""
+    names = [name for name in store.get_run(run_id).data.metrics if not name.startswith("time/")]
+    return {name: [(m.step, m.value) for m in sorted(store.get_metric_history(run_id, name), key=lambda m: m.step)]
+            for name in names}
+
+
+# REFERENCE.md A2's workload, shortened to 3 batches an epoch (the compiled program unrolls them) and 20 epochs,
+# on shuffled rows with a validation every 5 epochs and a test set
+COMPILED_WORKLOAD = ["experiment=house_prices_linear", "data.split=random", "data.shuffle=true", "data.batch_size=128",
+                     "trainer.max_epochs=20", "trainer.check_val_every_n_epoch=5", *QUIET]
+
+
 def test_compiled_epochs_log_the_standard_paths_metrics(store, tmp_path, monkeypatch):
-    # REFERENCE.md A2's workload, shortened: 4 batches an epoch (the compiled program unrolls them), 20 epochs
-    overrides = ["experiment=house_prices_linear", "data.batch_size=128", "trainer.max_epochs=20", *QUIET]
-    standard = run_experiment(overrides)
+    standard = run_experiment(COMPILED_WORKLOAD)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "elsewhere"))  # restored after the test
     cache = tmp_path / "compiled"
-    compiled = run_experiment([*overrides, "trainer=compiled", f"trainer.callbacks.compiled_epochs.cache_dir={cache}"])
+    # Dynamo's limit of recompilations of one function, 8 by default, down to 1: each run's program is a new one
+    # (monkeypatch cannot restore Dynamo's config)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        compiled = run_experiment([*COMPILED_WORKLOAD, "trainer=compiled", f"trainer.compiled.cache_dir={cache}"])
+        again = run_experiment([*COMPILED_WORKLOAD, "trainer=compiled", f"trainer.compiled.cache_dir={cache}"])
 
-    assert metric_history(store, compiled.run_id, "train/loss") == pytest.approx(
-        metric_history(store, standard.run_id, "train/loss"), rel=1e-4)
-    for name in ("val/mse", "val/r2", "train/loss"):
+    assert logged_metrics(store, again.run_id) == logged_metrics(store, compiled.run_id)  # the same seed, the same metrics
+    expected, logged = logged_metrics(store, standard.run_id), logged_metrics(store, compiled.run_id)
+    assert {"train/r2", "val/r2", "test/r2", "epoch"} <= set(logged) and logged.keys() == expected.keys()
+    for name, history in expected.items():  # the same steps, the same values but for the order of the arithmetic
+        assert [step for step, _ in logged[name]] == [step for step, _ in history], name
+        assert [value for _, value in logged[name]] == pytest.approx([value for _, value in history], rel=1e-4), name
+    assert len(logged["val/loss"]) == 4 and logged["test/loss"][0][0] == 60  # 20 epochs of 3 steps, counted from 0
+    for name in ("val/mse", "test/r2", "train/loss"):
         assert compiled.metrics[name] == pytest.approx(standard.metrics[name], rel=1e-4)
-    logged = store.get_run(compiled.run_id).data.metrics
-    assert logged["time/compile_seconds"] > 0 and logged["time/fit_seconds"] > 0
+    timings = store.get_run(compiled.run_id).data.metrics
+    assert timings["time/compile_seconds"] > 0 and timings["time/fit_seconds"] > 0 and timings["time/records_seconds"] > 0
     assert "time/compile_seconds" not in store.get_run(standard.run_id).data.metrics
     assert any(path.is_file() for path in cache.rglob("*"))  # the programs, for the next run of these shapes
 
 
-def test_compiled_epochs_refuse_a_schedule(store):
-    with pytest.raises(ConfigError, match=r"trainer=compiled needs a constant learning rate \(scheduler=constant\)"):
-        run_experiment(["data=circle", "trainer=compiled", "scheduler=one_cycle", "trainer.max_epochs=1", *QUIET])
-    (run,) = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
-    assert run.info.status == "FAILED"
+def test_compiled_epochs_fail_a_diverging_run_at_the_standard_paths_epoch(store, tmp_path):
+    diverging = [*COMPILED_WORKLOAD, "optimizer=sgd", "optimizer.lr=1.0"]
+    with pytest.raises(Diverged) as standard:
+        run_experiment(diverging)
+    with pytest.raises(Diverged) as compiled:
+        run_experiment([*diverging, "trainer=compiled", f"trainer.compiled.cache_dir={tmp_path}"])
+
+    assert str(compiled.value) == str(standard.value)  # the same epoch and value, in the same line
+    runs = store.search_runs([store.get_experiment_by_name("experiments").experiment_id], order_by=["start_time"])
+    assert [run.info.status for run in runs] == ["FAILED", "FAILED"]
+    assert runs[1].data.tags["error"] == runs[0].data.tags["error"]
+    expected, logged = (logged_metrics(store, run.info.run_id)["train/loss"] for run in runs)
+    assert [step for step, _ in logged] == [step for step, _ in expected]  # up to the epoch that diverged
+
+
+@pytest.mark.parametrize("override, refusal", [
+    ("scheduler=one_cycle", r"a constant learning rate \(scheduler=constant\)"),
+    ("trainer.max_steps=5", r"whole epochs \(trainer.max_epochs, not trainer.max_steps\)"),
+    ("+trainer.gradient_clip_val=1.0", r"none of the trainer options it does not follow \(trainer.gradient_clip_val\)"),
+    ("+trainer.callbacks.stop.monitor=val/loss", r"no callback that hooks into Lightning's loop.*\(EarlyStopping\)"),
+])
+def test_compiled_epochs_refuse_what_their_loop_cannot_do_before_a_run_opens(store, override, refusal):
+    extra = ["+trainer.callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping"] if "stop" in override else []
+    with pytest.raises(ConfigError, match=rf"^trainer=compiled needs {refusal}; change that or use trainer=default$"):
+        run_experiment(["data=circle", "trainer=compiled", "scheduler=constant", override, *extra,
+                        "trainer.max_epochs=1", *QUIET])
+    experiment = store.get_experiment_by_name("experiments")  # none yet: no run was opened
+    assert experiment is None or not store.search_runs([experiment.experiment_id])
 
 
 def test_a_run_validating_only_at_its_end_keeps_a_checkpoint_to_resume_from(tmp_path):

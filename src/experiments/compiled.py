@@ -1,12 +1,21 @@
-"""`trainer=compiled`: each training epoch as one compiled program, for small models on in-memory data.
+"""`trainer=compiled`: the training epochs as compiled programs, run outside Lightning's epoch loop, for small
+models on in-memory data.
 
 A step of REFERENCE.md A2 (a linear layer, 32 rows, Adam) is a few microseconds of arithmetic under some
 200 of Python and operator dispatch, so even a plain PyTorch loop spends its time on overhead. Here the
-Task's whole epoch (forward, gradient and the optimizer's own update, for every batch) is traced once by
-torch.compile into one graph that Inductor turns into a few fused kernels: an epoch of A2's 16 steps then
-takes 0.15 ms, where a plain loop takes 3.4 ms (scripts/benchmark.py). Lightning still runs the epochs,
-validation, callbacks, logging and checkpoints; the optimizer is the config's ordinary torch optimizer, its
-state in its state_dict, so checkpoints and resume are unchanged.
+Task's whole epoch (each batch sliced out of the split, normalised, the forward pass, the gradient and the
+optimizer's own update) is traced once by torch.compile into one graph that Inductor turns into a few fused
+kernels: an epoch of A2's 16 steps takes about 0.2 ms, where a plain loop takes 3 ms (scripts/benchmark.py).
+
+Around such an epoch, Lightning's epoch loop (its hooks, the callbacks', progress) and the epoch's records
+(its metrics computed and sent to MLflow) took about 1.5 ms more: A2's compiled fit took 0.87 s inside
+Lightning's loop, 0.52 s with the loss as its only record. So the epochs run in a plain loop of their own,
+keeping each epoch's outputs and losses on the device; their metrics are computed after the last epoch (or
+once the kept outputs pass RECORDS_BYTES) through the Task, the same values as in Lightning's loop, and
+logged at the steps Lightning logs them at. Lightning still places the model and the data, and runs the
+test. What its loop would do and this one does not: no checkpoint during the fit (an interrupted run trains
+again from the start) and no progress bar. StopOnDivergence fails the run at the first epoch that diverged,
+its metrics logged up to that epoch, as in Lightning's loop; any other callback is refused.
 
 The first epoch compiles (tens of seconds; `time/compile_seconds`, apart from `time/fit_seconds`).
 Inductor keeps what it compiled in its cache folder, so a later run of the same shapes compiles in a few
@@ -20,18 +29,34 @@ import time
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from omegaconf import DictConfig
 
+from experiments.callbacks import LastCheckpoint, RandomStates, StopOnDivergence
+from experiments.data.tensors import take
 from experiments.errors import ConfigError
+from experiments.task import EpochOutputs, Task
 
 log = logging.getLogger(__name__)
 
+# Trainer options this loop follows (the others, e.g. gradient_clip_val or limit_val_batches, it would ignore)
+FOLLOWED = {"_target_", "max_epochs", "max_steps", "check_val_every_n_epoch", "accelerator", "devices", "deterministic",
+            "enable_progress_bar", "enable_model_summary", "enable_checkpointing", "num_sanity_val_steps",
+            "log_every_n_steps", "callbacks", "compiled"}
+# Callbacks whose work this loop does or leaves out (see the module's docstring); any other one is refused
+KNOWN_CALLBACKS = (StopOnDivergence, LastCheckpoint, RandomStates, ProgressBar)
+RECORDS_BYTES = 256 * 2**20  # the epochs' outputs kept on the device before their metrics are computed
+
 
 class CompiledEpoch:
-    """The Task's training epoch as one compiled function of the epoch's batches, returning each batch's
-    outputs and loss (before its step, as the Task's own loop records them). Calls after the first run the
-    compiled program; the first one compiles it, and its time is `compile_seconds`."""
+    """The Task's training epoch over a split as one compiled function of its inputs, targets and order
+    (None: stored order), returning the outputs in batch order and each batch's loss (before its step, as
+    the Task's own loop records them). Calls after the first run the compiled program; the first one
+    compiles it, and its time is `compile_seconds`."""
 
-    def __init__(self, task, optimizer: torch.optim.Optimizer):
+    def __init__(self, task: Task, optimizer: torch.optim.Optimizer, normalize, batch_size: int, rows: int):
         model = task.model
         self.params = {name: p for name, p in model.named_parameters() if p.requires_grad}
         # The optimizer's step without the wrappers of Optimizer.step (profiling hooks, and graph breaks that
@@ -50,33 +75,38 @@ class CompiledEpoch:
 
         gradients = torch.func.grad(losses, has_aux=True)
 
-        def epoch(batches):
+        def epoch(inputs, targets, order):
             outputs, batch_losses = [], []
-            for inputs, targets in batches:
+            for start in range(0, rows, batch_size):  # batches as TensorBatches cuts them, in the graph
+                index = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
                 grads, (batch_outputs, loss) = gradients({name: p.detach() for name, p in self.params.items()},
-                                                         buffers, inputs, targets)
+                                                         buffers, normalize(take(inputs, index)), targets[index])
                 for name, p in self.params.items():
                     p.grad.copy_(grads[name])
                 with torch.no_grad():
                     update(optimizer)
                 outputs.append(batch_outputs)
                 batch_losses.append(loss)
-            return outputs, batch_losses
+            return torch.cat(outputs), torch.stack(batch_losses)
 
+        # Each run's epoch is a new closure of the same code, which Dynamo compiles again (guards on its model and
+        # optimizer) and counts as a recompilation: the 9th run in one process (a sweep's jobs in the basic launcher,
+        # the Python API) passed its limit of 8 and failed. Earlier runs' programs are not called again.
+        torch.compiler.reset()
         self.program = torch.compile(epoch, fullgraph=True)
         self.compile_seconds = None
 
-    def __call__(self, batches):
+    def __call__(self, inputs, targets, order):
         # Gradients the program writes in place: a tensor assigned to .grad inside a graph would be a pending
         # mutation of a parameter, which torch.compile cannot keep in the graph.
         for p in self.params.values():
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         if self.compile_seconds is not None:
-            return self.program(batches)
+            return self.program(inputs, targets, order)
         start = time.perf_counter()
         try:
-            result = self.program(batches)
+            result = self.program(inputs, targets, order)
         except torch._dynamo.exc.TorchDynamoException as error:  # raised while tracing or compiling: nothing ran
             detail = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
             raise ConfigError(f"trainer=compiled cannot compile this training epoch ({detail.strip()}); "
@@ -85,26 +115,38 @@ class CompiledEpoch:
         return result
 
 
-class CompiledEpochs(L.Callback):
-    """Has the Task train each epoch through a CompiledEpoch (see the module's docstring).
+class CompiledFit:
+    """Fits a Task with its epochs as CompiledEpoch programs (see the module's docstring).
 
-    `cache_dir`: Inductor's cache of compiled programs (TORCHINDUCTOR_CACHE_DIR); null: torch's own.
-    The run must be one process on one device at full precision with a constant learning rate (a schedule
-    would change the compiled constants at every step), and no callback may hook into the steps."""
+    `cache_dir`: Inductor's cache of compiled programs (TORCHINDUCTOR_CACHE_DIR); null: torch's own."""
 
     def __init__(self, cache_dir: str | None = None):
         self.cache_dir = cache_dir
-        self.epoch: CompiledEpoch | None = None
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+    @staticmethod
+    def check(options: DictConfig, trainer: L.Trainer, task: Task) -> None:
+        """Refuse, in one line, what this loop cannot do as Lightning's would: `options` is the trainer config."""
         problems = []
-        if not pl_module.steps_can_be_plain():
-            problems.append("one process on one device at full precision, with no callback hooking into the steps")
-        if pl_module.lr_schedulers() is not None:
+        if type(trainer.precision_plugin) is not Precision or not isinstance(trainer.strategy, SingleDeviceStrategy):
+            problems.append("one process on one device at full precision")
+        if task.scheduler is not None:
             problems.append("a constant learning rate (scheduler=constant)")
+        if options.get("max_steps", -1) != -1 or (trainer.max_epochs or 0) < 1:
+            problems.append("whole epochs (trainer.max_epochs, not trainer.max_steps)")
+        other = sorted(set(options) - FOLLOWED)
+        if other:
+            problems.append(f"none of the trainer options it does not follow ({', '.join(f'trainer.{key}' for key in other)})")
+        refused = [type(callback).__name__ for callback in trainer.callbacks if not isinstance(callback, KNOWN_CALLBACKS)]
+        if refused:
+            problems.append(f"no callback that hooks into Lightning's loop, which it does not run ({', '.join(refused)})")
         if problems:
-            raise ConfigError(f"trainer=compiled needs {' and '.join(problems)}; "
-                              "change that or use trainer=default")
+            raise ConfigError(f"trainer=compiled needs {' and '.join(problems)}; change that or use trainer=default")
+
+    def fit(self, trainer: L.Trainer, task: Task, datamodule) -> float:
+        """Train `task` for trainer.max_epochs epochs, validating every check_val_every_n_epoch; log each epoch's
+        metrics to the trainer's logger and leave the last ones, with `time/compile_seconds` and
+        `time/records_seconds` (the epochs' metrics computed and logged), in trainer.callback_metrics.
+        The seconds of the training alone."""
         # Inductor's C++ toolchain looks for CUDA, and says on the console when CUDA's torch finds no CUDA runtime
         # (a machine without a GPU): nothing to do about it for a program compiled for the CPU
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -112,9 +154,59 @@ class CompiledEpochs(L.Callback):
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.cache_dir)
         log.info("trainer=compiled: the first epoch compiles the training program (tens of seconds the first "
                  "time, a few seconds once cached)")
-        self.epoch = pl_module.compiled_epoch = CompiledEpoch(pl_module, pl_module.optimizers().optimizer)
+        task.trainer = datamodule.trainer = trainer  # the strategy, for the epochs' values; the device, for the splits
+        task.to(trainer.strategy.root_device).train()
+        train, val = datamodule.train_dataloader(), datamodule.val_dataloader()
+        program = CompiledEpoch(task, task.configure_optimizers(), datamodule.normalize, datamodule.batch_size,
+                                len(train.split))
+        steps, validate_every = train.batches_per_epoch, trainer.check_val_every_n_epoch
+        stoppers = [callback for callback in trainer.callbacks if isinstance(callback, StopOnDivergence)]
+        kept, kept_bytes, records_seconds = [], 0, 0.0  # (epoch, train outputs, targets and losses, val record)
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
-        pl_module.compiled_epoch = None
-        if self.epoch is not None and self.epoch.compile_seconds is not None:
-            trainer.callback_metrics["time/compile_seconds"] = torch.tensor(self.epoch.compile_seconds)
+        def record_kept() -> None:
+            """Compute and log the kept epochs' metrics; fail at the first that diverged."""
+            nonlocal kept_bytes, records_seconds
+            start = time.perf_counter()
+            epochs, kept[:], kept_bytes = list(kept), [], 0
+            try:
+                for epoch, (outputs, targets, losses), val_record in epochs:
+                    record = EpochOutputs.of_epoch(outputs, targets, losses, datamodule.batch_size)
+                    values = task.epoch_values("train", record)
+                    if val_record is not None:
+                        values |= task.epoch_values("val", val_record)
+                    trainer.callback_metrics.update(values)
+                    if trainer.logger is not None:
+                        trainer.logger.log_metrics({name: float(value) for name, value in values.items()}
+                                                   | {"epoch": epoch}, step=(epoch + 1) * steps - 1)
+                    for stopper in stoppers:
+                        if stopper.monitor in values and stopper.diverged(values[stopper.monitor]):
+                            raise stopper.error(float(values[stopper.monitor]), epoch)
+            finally:
+                if trainer.logger is not None:  # sent, a failed run's too, as Lightning's loop has its logger do at its end
+                    trainer.logger.save()
+                records_seconds += time.perf_counter() - start
+
+        start = time.perf_counter()
+        try:
+            for epoch in range(trainer.max_epochs):
+                order = train.order()  # drawn on the CPU, as for Lightning's loop; indexes the split where it is
+                order = None if order is None else order.to(train.split.targets.device)
+                outputs, losses = program(train.split.inputs, train.split.targets, order)
+                targets = train.split.targets if order is None else train.split.targets[order]
+                val_record = None
+                if (epoch + 1) % validate_every == 0 and len(datamodule.val):
+                    val_record = EpochOutputs()
+                    task.eval()
+                    with torch.no_grad():
+                        task.evaluate(datamodule.on_after_batch_transfer(next(iter(val)), 0), val_record)
+                    task.train()
+                kept.append((epoch, (outputs, targets, losses), val_record))
+                kept_bytes += outputs.nbytes
+                if kept_bytes > RECORDS_BYTES:
+                    record_kept()
+        finally:  # the epochs trained, recorded however the loop ends (a signal, a failure)
+            record_kept()
+        task.compiled_epochs, task.compiled_steps = trainer.max_epochs, trainer.max_epochs * steps
+        trainer.callback_metrics["time/compile_seconds"] = torch.tensor(program.compile_seconds or 0.0)
+        trainer.callback_metrics["time/records_seconds"] = torch.tensor(records_seconds)
+        return time.perf_counter() - start - (program.compile_seconds or 0.0) - records_seconds

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments import checkpoint, models, plots, resume, sweep, tracking
 from experiments.callbacks import LastCheckpoint
+from experiments.compiled import CompiledFit
 from experiments.errors import ConfigError
 from experiments.report import log_choices, model_summary, print_model_summary, print_results
 from experiments.task import Task, apply
@@ -73,15 +74,19 @@ def check_launch(trainer: L.Trainer) -> None:
                           "command, or sweep on a cluster with hydra/launcher=slurm")
 
 
-def fit_and_test(trainer: L.Trainer, task: Task, datamodule, resume_from: Path | None = None) -> dict[str, float]:
+def fit_and_test(trainer: L.Trainer, task: Task, datamodule, resume_from: Path | None = None,
+                 compiled: CompiledFit | None = None) -> dict[str, float]:
     """Train (or fit a closed-form model), validate and test; the final metrics and the fit's timings.
-    `resume_from`: a checkpoint of an interrupted run, whose training this continues."""
+    `resume_from`: a checkpoint of an interrupted run, whose training this continues. `compiled`: the epochs
+    as compiled programs outside Lightning's loop (trainer=compiled), which times the training itself."""
     model = task.model
     start = time.perf_counter()
     if hasattr(model, "fit"):  # a closed-form model (the mean-image baseline): no optimizer, no epochs
         model.fit(datamodule.normalize(datamodule.train.inputs), datamodule.train.targets)
         fit_seconds, passes = time.perf_counter() - start, 1
         trainer.validate(task, datamodule=datamodule, verbose=False)
+    elif compiled is not None:
+        fit_seconds, passes = compiled.fit(trainer, task, datamodule), task.compiled_epochs
     else:
         first_epoch = torch.load(resume_from, map_location="cpu", weights_only=False)["epoch"] if resume_from else 0
         trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from)
@@ -94,8 +99,7 @@ def fit_and_test(trainer: L.Trainer, task: Task, datamodule, resume_from: Path |
         # A DDP run's processes communicate no more. Left to the interpreter's exit, gloo's threads can abort a
         # process ("terminate called without an active exception"); PyTorch asks for this call instead.
         torch.distributed.destroy_process_group()
-    # trainer=compiled: the one-time compilation apart from the training (compiled.py)
-    results["time/fit_seconds"] = fit_seconds - results.get("time/compile_seconds", 0.0)
+    results["time/fit_seconds"] = fit_seconds
     results["time/samples_per_second"] = len(datamodule.train) * passes / results["time/fit_seconds"]
     return results
 
@@ -116,8 +120,10 @@ def build(config: DictConfig) -> tuple[Task, L.LightningDataModule]:
 
 def build_trainer(options: DictConfig, extra_callbacks: list[L.Callback]) -> L.Trainer:
     """Lightning's trainer as the trainer config says, without a logger, with its callbacks and `extra_callbacks`.
-    The config's callbacks are a dict by name (conf/trainer/default.yaml; null drops one), Lightning's a list."""
+    The config's callbacks are a dict by name (conf/trainer/default.yaml; null drops one), Lightning's a list;
+    `compiled` (conf/trainer/compiled.yaml) is no option of Lightning's."""
     options = OmegaConf.to_container(options, resolve=True)
+    options.pop("compiled", None)
     callbacks = [instantiate(callback) for callback in (options.pop("callbacks", None) or {}).values()
                  if callback is not None]
     try:
@@ -194,6 +200,9 @@ def run(config: DictConfig) -> Result:
     progress = [instantiate(config.progress)] if config.trainer.enable_progress_bar else []
     trainer = build_trainer(config.trainer, progress)  # the first process adds MLflow's logger below
     check_launch(trainer)
+    compiled = instantiate(config.trainer.compiled) if config.trainer.get("compiled") else None
+    if compiled is not None:
+        compiled.check(config.trainer, trainer, task)
     if isinstance(trainer.accelerator, CPUAccelerator):
         # Importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1, so that looking for a GPU does not initialise
         # CUDA (which a forked process could then not use). While CUDA is uninitialised, as it stays in a run on
@@ -208,7 +217,8 @@ def run(config: DictConfig) -> Result:
             checkpoint_dir = Path(callback.dirpath)
     resume_from = resumed.checkpoint if resumed and resumed.checkpoint.is_file() else None
     if not is_first_process(trainer):
-        return Result(None, fit_and_test(trainer, task, datamodule, resume_from), model, datamodule.preprocessing)
+        return Result(None, fit_and_test(trainer, task, datamodule, resume_from, compiled), model,
+                      datamodule.preprocessing)
     choices = resumed.choices if resumed else HydraConfig.get().runtime.choices
     log_choices(choices, HydraConfig.get().overrides.task)
     summary = model_summary(task)
@@ -219,10 +229,11 @@ def run(config: DictConfig) -> Result:
             mlflow.log_text(summary, "model_summary.txt")
         trainer.logger = logger
         logger.unsent_file = checkpoint_dir / resume.UNSENT_METRICS
-        results = (resumed.metrics if resumed else {}) | fit_and_test(trainer, task, datamodule, resume_from)
+        results = (resumed.metrics if resumed else {}) | fit_and_test(trainer, task, datamodule, resume_from, compiled)
         logger.send_all(config.tracking.server_wait)  # a tracking server lost in training: back for the final records
         results = record(config, task, datamodule, results)
 
-    print_results(f"{choices['data']} · {choices['model']} · {trainer.current_epoch} epochs", results, logger.run_id,
+    epochs = trainer.current_epoch + task.compiled_epochs
+    print_results(f"{choices['data']} · {choices['model']} · {epochs} epochs", results, logger.run_id,
                   tracking.ui_command(config.tracking.tracking_uri), output_dir())
     return Result(logger.run_id, results, model, datamodule.preprocessing)

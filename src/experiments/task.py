@@ -68,6 +68,14 @@ class EpochOutputs:
         self.losses.append(loss.detach())
         self.sizes.append(len(targets))
 
+    @classmethod
+    def of_epoch(cls, outputs: torch.Tensor, targets: torch.Tensor, losses: torch.Tensor, batch_size: int):
+        """An epoch's record from its outputs and targets in batch order and its batches' losses (trainer=compiled)."""
+        record = cls()
+        record.outputs, record.targets, record.losses = [outputs], [targets], list(losses.unbind())
+        record.sizes = [min(batch_size, len(targets) - start) for start in range(0, len(targets), batch_size)]
+        return record
+
 
 class Task(L.LightningModule):
     """Trains `model` on `loss` and logs `<stage>/loss` and `<stage>/<metric>` once per epoch.
@@ -105,7 +113,9 @@ class Task(L.LightningModule):
             for stage in STAGES
         })
         self.epoch_outputs = {stage: EpochOutputs() for stage in STAGES}
-        self.compiled_epoch = None  # trainer=compiled: the epoch as one compiled program (compiled.py)
+        # the epochs and optimizer steps trainer=compiled trained outside Lightning's loop (compiled.py), which the
+        # epoch and step a test's metrics are logged at count as Lightning's own
+        self.compiled_epochs = self.compiled_steps = 0
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         return self.model(*inputs)
@@ -141,14 +151,6 @@ class Task(L.LightningModule):
     def training_step(self, batches, batch_idx):
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         max_steps, record = self.trainer.max_steps, self.epoch_outputs["train"]
-        if self.compiled_epoch is not None:
-            batches = list(batches)  # the program takes the epoch's tensors at once
-            # a max_steps inside the epoch: its last steps one by one, below
-            if max_steps == -1 or self.trainer.global_step + len(batches) <= max_steps:
-                for (_, targets), outputs, loss in zip(batches, *self.compiled_epoch(batches)):
-                    record.add(outputs, targets, loss)
-                    count_step(optimizer)
-                return
         for inputs, targets in batches:
             outputs = apply(self.model, inputs)
             loss, optimised = self.losses(outputs, targets)
@@ -166,21 +168,21 @@ class Task(L.LightningModule):
             if self.trainer.global_step == max_steps:  # Lightning checks max_steps between its steps only
                 break
 
-    def _evaluate(self, batches, stage: str) -> None:
-        record = self.epoch_outputs[stage]
+    def evaluate(self, batches, record: EpochOutputs) -> None:
+        """Add the model's outputs and losses for `batches` to `record` (an evaluation: the caller turns off gradients)."""
         for inputs, targets in batches:
             outputs = apply(self.model, inputs)
             record.add(outputs, targets, self.loss(outputs, targets))
 
     def validation_step(self, batches, batch_idx):
-        self._evaluate(batches, "val")
+        self.evaluate(batches, self.epoch_outputs["val"])
 
     def test_step(self, batches, batch_idx):
-        self._evaluate(batches, "test")
+        self.evaluate(batches, self.epoch_outputs["test"])
 
-    def _log_epoch(self, stage: str) -> None:
-        """Log the epoch's loss and metrics of `stage` over every process's batches, then start afresh."""
-        record, self.epoch_outputs[stage] = self.epoch_outputs[stage], EpochOutputs()
+    def epoch_values(self, stage: str, record: EpochOutputs) -> dict[str, torch.Tensor]:
+        """The loss and metrics of `stage` (`<stage>/loss`, `<stage>/<metric>`) over an epoch's `record`, added up
+        over every process's batches."""
         # sums and sample count, added up over the processes of a DDP run (whose evaluation shards may differ in size)
         sums = torch.zeros(1 + len(self.metrics), device=self.device)
         if record.sizes:
@@ -197,6 +199,12 @@ class Task(L.LightningModule):
         for name, metric in self.epoch_metrics[f"{stage}_metrics"].items():
             values[f"{stage}/{name}"] = metric.compute()  # over every process's samples already
             metric.reset()
+        return values
+
+    def _log_epoch(self, stage: str) -> None:
+        """Log the epoch's loss and metrics of `stage` over every process's batches, then start afresh."""
+        record, self.epoch_outputs[stage] = self.epoch_outputs[stage], EpochOutputs()
+        values = self.epoch_values(stage, record)
         # The values are final, the same in every process: they go to the callbacks (callback_metrics, which
         # EarlyStopping and ModelCheckpoint read) and to the logger (the first process's) directly. Through
         # self.log, whose collection updates a torchmetrics Metric per value, they cost 0.9 ms a stage an
@@ -204,9 +212,9 @@ class Task(L.LightningModule):
         # its last optimizer step (counted from 0); a test's, or a validation's outside fitting, after the last.
         self.trainer.callback_metrics.update(values)
         if self.logger is not None:
-            step = max(self.trainer.global_step - (self.trainer.state.fn == TrainerFn.FITTING), 0)
+            step = max(self.trainer.global_step + self.compiled_steps - (self.trainer.state.fn == TrainerFn.FITTING), 0)
             self.logger.log_metrics({name: float(value) for name, value in values.items()}
-                                    | {"epoch": self.current_epoch}, step=step)
+                                    | {"epoch": self.current_epoch + self.compiled_epochs}, step=step)
 
     def on_train_epoch_end(self):
         self._log_epoch("train")

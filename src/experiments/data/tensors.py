@@ -70,7 +70,7 @@ class TensorBatches:
         """Lightning steps per epoch."""
         return 1 if self.whole_epoch else self.batches_per_epoch
 
-    def _order(self) -> torch.Tensor | None:
+    def order(self) -> torch.Tensor | None:
         """This process's sample indices for the epoch, in order; None for all samples in stored order."""
         n = len(self.split)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else None
@@ -83,7 +83,7 @@ class TensorBatches:
 
     def batches(self):
         """The epoch's (inputs, targets) batches, in order."""
-        order = self._order()
+        order = self.order()
         for start in range(0, self._shard_size(), self.batch_size):
             # stored order: a slice, which indexes without copying
             index = slice(start, start + self.batch_size) if order is None else order[start : start + self.batch_size]
