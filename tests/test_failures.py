@@ -6,6 +6,7 @@ import math
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,8 +173,9 @@ def test_a_run_killed_by_sigkill_resumes_into_its_run_and_ends_as_if_never_stopp
     run = running_run(store, process, "val/loss")
     if checkpoint_folder:
         assert store.get_run(run.info.run_id).data.tags["checkpoint.dir"] == str(isolated / checkpoint_folder)
-    while len(store.get_metric_history(run.info.run_id, "train/loss")) < 3:  # a few epochs in, then killed
-        time.sleep(0.05)
+    saved = Path(store.get_run(run.info.run_id).data.tags["checkpoint.dir"]) / "last.ckpt"
+    while not saved.is_file() or len(store.get_metric_history(run.info.run_id, "train/loss")) < 3:
+        time.sleep(0.05)  # a checkpoint and a few epochs in, then killed
     process.kill()
     process.wait()
     assert store.get_run(run.info.run_id).info.status == "RUNNING", "a dead process's run stays RUNNING"
@@ -186,6 +188,26 @@ def test_a_run_killed_by_sigkill_resumes_into_its_run_and_ends_as_if_never_stopp
     (uninterrupted,) = store.search_runs([store.get_experiment_by_name("uninterrupted").experiment_id])
     assert_continued_as_uninterrupted(store, run.info.run_id, uninterrupted.info.run_id, epochs)
     assert len(store.search_runs([resumed.info.experiment_id])) == 1, "no second run"
+
+
+def test_the_metrics_of_every_epoch_a_checkpoint_holds_are_in_the_store_before_it_is_written(store, monkeypatch):
+    """A run killed once its checkpoint is written resumes after that checkpoint's epoch: that epoch's metrics, held
+    back to be sent once a second, must be in the store already, or the resumed run never has them."""
+    import lightning as L
+
+    from experiments.api import run_experiment
+
+    missing, save = [], L.Trainer.save_checkpoint
+
+    def save_then_look(trainer, *args, **kwargs):
+        save(trainer, *args, **kwargs)  # where a kill lands in between
+        steps = {m.step for m in store.get_metric_history(trainer.logger.run_id, "train/loss")}
+        if trainer.global_step - 1 not in steps:  # the last epoch's, logged at its last step counted from 0
+            missing.append(trainer.current_epoch)
+
+    monkeypatch.setattr(L.Trainer, "save_checkpoint", save_then_look)
+    run_experiment(["data=xor", "trainer.max_epochs=5", "trainer.callbacks.last_checkpoint.interval=0", *QUIET])
+    assert not missing, f"checkpoints of epochs {missing} were written before those epochs' metrics were in the store"
 
 
 def test_the_checkpoint_interval_counts_training_time_not_the_set_up_before_it(isolated):

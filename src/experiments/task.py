@@ -216,6 +216,13 @@ class Task(L.LightningModule):
             self.logger.log_metrics({name: float(value) for name, value in values.items()}
                                     | {"epoch": self.current_epoch + self.compiled_epochs}, step=step)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Called before the checkpoint is written. A run resumes after its checkpoint's epoch, so the metrics held
+        # back until now (tracking.EpochLogger) go to the store first: sent after the checkpoint was written, a kill
+        # in between lost that epoch's metrics for good.
+        if self.logger is not None:
+            self.logger.save()
+
     def on_train_epoch_end(self):
         self._log_epoch("train")
 

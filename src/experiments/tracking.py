@@ -52,8 +52,8 @@ class EpochLogger(MLFlowLogger):
 
     Each epoch sent on its own cost more than a whole epoch of REFERENCE.md A2 trains: some 10 ms waiting
     for its SQLite commit, and still 1 ms through MLflow's asynchronous queue. The metrics held back are
-    sent when a checkpoint is saved and when the logger is saved or finalized, which Lightning does when
-    training ends, however it ends.
+    sent before a checkpoint is written (`save`, which the Task calls) and when the logger is finalized,
+    which Lightning does when training ends, however it ends.
     Finalizing leaves the run open: the run's context (start_run) ends it once its records are complete.
     A metric is recorded once a step: the training and validation ends of an epoch both log `epoch` at
     the same step, and sent in two batches it made two rows. In a resumed run, values at steps the run
@@ -144,11 +144,9 @@ class EpochLogger(MLFlowLogger):
                          f"{resume_command(self.run_id, self._tracking_uri)}")
 
     def save(self) -> None:
-        self.flush()
-
-    def after_save_checkpoint(self, checkpoint_callback) -> None:
-        # a resumed run continues from its checkpoint: the epochs before it must all be in the store, or in
-        # the file beside it that resuming sends
+        """Send the metrics held back, keeping those a lost server does not take in `unsent_file`. The Task calls
+        this before a checkpoint is written: a resumed run continues after its checkpoint's epoch, so the epochs
+        before it must all be in the store, or in the file beside it that resuming sends."""
         self.flush()
         self.keep_unsent()
 
