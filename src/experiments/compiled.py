@@ -41,7 +41,8 @@ from experiments.task import EpochOutputs, Task
 
 log = logging.getLogger(__name__)
 
-# Trainer options this loop follows (the others, e.g. gradient_clip_val or limit_val_batches, it would ignore)
+# Trainer options this loop follows, or whose effect it leaves out as its docstring says (no checkpoint, no
+# progress); the others, e.g. gradient_clip_val or limit_val_batches, it would ignore, and refuses
 FOLLOWED = {"_target_", "max_epochs", "max_steps", "check_val_every_n_epoch", "accelerator", "devices", "deterministic",
             "enable_progress_bar", "enable_model_summary", "enable_checkpointing", "num_sanity_val_steps",
             "log_every_n_steps", "callbacks", "compiled"}
