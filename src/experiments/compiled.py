@@ -168,7 +168,8 @@ class CompiledFit:
             """Compute and log the kept epochs' metrics; fail at the first that diverged."""
             nonlocal kept_bytes, records_seconds
             start = time.perf_counter()
-            epochs, kept[:], kept_bytes = list(kept), [], 0
+            epochs, kept_bytes = kept.copy(), 0
+            kept.clear()
             try:
                 for epoch, (outputs, targets, losses), val_record in epochs:
                     record = EpochOutputs.of_epoch(outputs, targets, losses, datamodule.batch_size)
