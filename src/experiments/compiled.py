@@ -176,10 +176,7 @@ class CompiledFit:
                     values = task.epoch_values("train", record)
                     if val_record is not None:
                         values |= task.epoch_values("val", val_record)
-                    trainer.callback_metrics.update(values)
-                    if trainer.logger is not None:
-                        trainer.logger.log_metrics({name: float(value) for name, value in values.items()}
-                                                   | {"epoch": epoch}, step=(epoch + 1) * steps - 1)
+                    task.record_values(values, epoch, step=(epoch + 1) * steps - 1)
                     for stopper in stoppers:
                         if stopper.monitor in values and stopper.diverged(values[stopper.monitor]):
                             raise stopper.error(float(values[stopper.monitor]), epoch)

@@ -201,20 +201,25 @@ class Task(L.LightningModule):
             metric.reset()
         return values
 
+    def record_values(self, values: dict[str, torch.Tensor], epoch: int, step: int) -> None:
+        """Hand an epoch's final values to the callbacks and the logger, at `epoch` and `step`.
+
+        The values are final, the same in every process: they go to the callbacks (callback_metrics, which
+        EarlyStopping and ModelCheckpoint read) and to the logger (the first process's) directly. Through
+        self.log, whose collection updates a torchmetrics Metric per value, they cost 0.9 ms a stage an
+        epoch: a fifth of REFERENCE.md A2's fit."""
+        self.trainer.callback_metrics.update(values)
+        if self.logger is not None:
+            self.logger.log_metrics({name: float(value) for name, value in values.items()} | {"epoch": epoch},
+                                    step=step)
+
     def _log_epoch(self, stage: str) -> None:
         """Log the epoch's loss and metrics of `stage` over every process's batches, then start afresh."""
         record, self.epoch_outputs[stage] = self.epoch_outputs[stage], EpochOutputs()
-        values = self.epoch_values(stage, record)
-        # The values are final, the same in every process: they go to the callbacks (callback_metrics, which
-        # EarlyStopping and ModelCheckpoint read) and to the logger (the first process's) directly. Through
-        # self.log, whose collection updates a torchmetrics Metric per value, they cost 0.9 ms a stage an
-        # epoch: a fifth of REFERENCE.md A2's fit. The step is Lightning's: while fitting, an epoch's values at
-        # its last optimizer step (counted from 0); a test's, or a validation's outside fitting, after the last.
-        self.trainer.callback_metrics.update(values)
-        if self.logger is not None:
-            step = max(self.trainer.global_step + self.compiled_steps - (self.trainer.state.fn == TrainerFn.FITTING), 0)
-            self.logger.log_metrics({name: float(value) for name, value in values.items()}
-                                    | {"epoch": self.current_epoch + self.compiled_epochs}, step=step)
+        # The step is Lightning's: while fitting, an epoch's values at its last optimizer step (counted from 0); a
+        # test's, or a validation's outside fitting, after the last.
+        step = max(self.trainer.global_step + self.compiled_steps - (self.trainer.state.fn == TrainerFn.FITTING), 0)
+        self.record_values(self.epoch_values(stage, record), self.current_epoch + self.compiled_epochs, step)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Called before the checkpoint is written. A run resumes after its checkpoint's epoch, so the metrics held
