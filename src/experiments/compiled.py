@@ -132,7 +132,7 @@ class CompiledFit:
             problems.append("one process on one device at full precision")
         if task.scheduler is not None:
             problems.append("a constant learning rate (scheduler=constant)")
-        if options.get("max_steps", -1) != -1 or (trainer.max_epochs or 0) < 1:
+        if trainer.max_steps != -1 or (trainer.max_epochs or 0) < 1:
             problems.append("whole epochs (trainer.max_epochs, not trainer.max_steps)")
         other = sorted(set(options) - FOLLOWED)
         if other:
