@@ -49,6 +49,21 @@ def test_ddp_run_is_one_mlflow_run_with_metrics_over_the_whole_split(isolated, s
         assert abs(float(printed[key]) - run.data.metrics[key]) < 1e-4, key
 
 
+def test_ddp_regression_metrics_are_over_the_whole_split_where_its_shards_differ_in_size(isolated, store):
+    """house_prices holds out 101 rows for validation and 101 for the test: 51 go to one process, 50 to the other.
+    RMSE and R² are not means of the two halves' values."""
+    result = cli("-m", "experiments", *DDP_ON_CPU, "data=house_prices", "trainer.max_epochs=3")
+    assert result.returncode == 0, result.stderr
+    (run,) = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
+    for split in ("val", "test"):
+        recomputed = cli("-m", "experiments.predict", f"run_id={run.info.run_id}", f"split={split}", f"output={split}.csv")
+        assert recomputed.returncode == 0, recomputed.stderr
+        printed = dict(zip(*[iter(recomputed.stdout.splitlines()[0].split())] * 2))
+        assert set(printed) == {f"{split}/{name}" for name in ("loss", "mse", "rmse", "mae", "r2")}
+        for key, value in printed.items():  # printed to 4 decimals, over the whole split in one process
+            assert abs(float(value) - run.data.metrics[key]) <= 1e-4, key
+
+
 def test_ddp_inside_a_local_multirun_is_refused_in_one_line(isolated, store):
     result = cli("-m", "experiments", "-m", *DDP_ON_CPU, "optimizer.lr=0.1,0.01")
     assert result.returncode == 1

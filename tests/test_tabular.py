@@ -13,6 +13,7 @@ import torch
 from sklearn.metrics import r2_score, root_mean_squared_error
 
 from conftest import QUIET, SHARED_DATA, cli
+from experiments import metrics
 from experiments.api import predict, run_experiment
 from experiments.data.tabular import csv_dataset
 from experiments.task import Task
@@ -128,6 +129,16 @@ def test_rmse_and_r2_are_over_the_whole_epoch_not_averaged_over_batches(tmp_path
         predicted = result.model(val.inputs).numpy()
     assert result.metrics["val/r2"] == pytest.approx(r2_score(val.targets.numpy(), predicted), abs=1e-4)
     assert result.metrics["val/rmse"] == pytest.approx(root_mean_squared_error(val.targets.numpy(), predicted), rel=1e-4)
+
+
+def test_r2_is_scikit_learns_for_several_outputs_and_constant_targets():
+    rng = np.random.default_rng(0)
+    targets = rng.normal(size=(50, 2))
+    outputs = targets + rng.normal(scale=0.5, size=(50, 2))
+    constant = np.full((50, 1), 3.0)
+    for actual, predicted in [(targets, outputs), (constant, outputs[:, :1]), (constant, constant)]:
+        ours = metrics.r2(torch.tensor(predicted, dtype=torch.float32), torch.tensor(actual, dtype=torch.float32))
+        assert float(ours) == pytest.approx(r2_score(actual, predicted), abs=1e-5)
 
 
 def test_a_metric_set_to_null_is_dropped_and_the_others_are_recorded(tmp_path):

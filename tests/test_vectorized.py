@@ -100,10 +100,15 @@ def test_a_learning_rate_sweep_of_sgd_and_adam_gives_each_job_its_own_rate(isola
 
 def test_a_seed_sweep_of_house_prices_trains_in_a_group_each_job_on_its_own_target_scale(isolated):
     # data.standardize_target (the default): each job's model learns the target standardised on its own training
-    # rows, which its seed picks, and records its loss and metrics in the target's units (MEDV, $1000s)
-    runs = assert_same_as_alone(["data=house_prices", "trainer.max_epochs=3", "seed=0,1,2"], isolated,
+    # rows, which its seed picks, and records its loss and metrics in the target's units (MEDV, $1000s). A
+    # torchmetrics Metric added to the config is computed over each job's epoch too, as ours are.
+    runs = assert_same_as_alone(["data=house_prices", "trainer.max_epochs=3", "seed=0,1,2",
+                                 "+metrics.torchmetrics_r2={_target_:torchmetrics.R2Score}"], isolated,
                                 "vectorized: 3 of 3 jobs in 1 group(s): #0-2 (differing in seed)")
     assert {"val/r2", "test/rmse"} <= runs["seed=0"].data.metrics.keys()
+    for run in runs.values():
+        for stage in ("train", "val", "test"):
+            assert run.data.metrics[f"{stage}/torchmetrics_r2"] == pytest.approx(run.data.metrics[f"{stage}/r2"], abs=1e-5)
     assert len({run.data.metrics["train/loss"] for run in runs.values()}) == 3, "each seed its own rows and init"
 
 

@@ -22,7 +22,7 @@ from experiments.task import STAGES, predict
 
 def scores(config: dict, outputs: torch.Tensor, targets: torch.Tensor, prefix: str) -> dict[str, float]:
     """`<prefix>/loss` and `<prefix>/<metric>` of `outputs` over all of them, as the run's `config` computes
-    them (the batch means Lightning logs, weighted by batch size)."""
+    them (the loss over all samples equals the batch-size-weighted mean of its batches' that training logs)."""
     loss = instantiate(config["loss"])
     metrics = instantiate(config["metrics"], _convert_="all")
     values = {f"{prefix}/loss": loss(outputs, targets)}

@@ -88,10 +88,9 @@ class Task(L.LightningModule):
     Lightning's per-step work then runs once an epoch: on REFERENCE.md E2's 50,000 tiny steps it cost 20
     times the training itself (scripts/benchmark.py compares with a plain PyTorch loop).
 
-    The epoch's values are computed at its end from the outputs of its steps: `<stage>/loss` is the mean of
-    the batches' losses weighted by their sizes (Lightning's epoch mean), a metric function (accuracy, mse) is
-    applied to all the epoch's outputs at once, which for such means over samples is the same value, and a
-    torchmetrics Metric (RMSE, R², which are not means over batches) is updated with them.
+    The epoch's values are computed at its end from the outputs of its steps (epoch_values): `<stage>/loss` is the
+    mean of the batches' losses weighted by their sizes (Lightning's epoch mean), and each metric is computed over
+    all the epoch's samples at once (RMSE and R² are not means over batches).
     """
 
     def __init__(
@@ -165,7 +164,7 @@ class Task(L.LightningModule):
             if scheduler is not None:
                 scheduler.step()
             record.add(outputs, targets, loss)
-            if self.trainer.global_step == max_steps:  # Lightning checks max_steps between its steps only
+            if max_steps != -1 and self.trainer.global_step == max_steps:  # Lightning checks it between its steps only
                 break
 
     def evaluate(self, batches, record: EpochOutputs) -> None:
@@ -181,25 +180,34 @@ class Task(L.LightningModule):
         self.evaluate(batches, self.epoch_outputs["test"])
 
     def epoch_values(self, stage: str, record: EpochOutputs) -> dict[str, torch.Tensor]:
-        """The loss and metrics of `stage` (`<stage>/loss`, `<stage>/<metric>`) over an epoch's `record`, added up
-        over every process's batches."""
-        # sums and sample count, added up over the processes of a DDP run (whose evaluation shards may differ in size)
-        sums = torch.zeros(1 + len(self.metrics), device=self.device)
-        if record.sizes:
-            outputs, targets = torch.cat(record.outputs), torch.cat(record.targets)
-            sizes = torch.tensor(record.sizes, device=self.device)
-            sums[0] = (torch.stack(record.losses) * sizes).sum()
-            for i, metric in enumerate(self.metrics.values(), start=1):
-                sums[i] = metric(outputs, targets) * len(targets)
-            for metric in self.epoch_metrics[f"{stage}_metrics"].values():
-                metric.update(outputs, targets)
-        sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
-        count = self.trainer.strategy.reduce(torch.tensor(float(sum(record.sizes)), device=self.device), reduce_op="sum")
-        values = dict(zip([f"{stage}/loss", *(f"{stage}/{name}" for name in self.metrics)], sums / count))
+        """The loss and metrics of `stage` (`<stage>/loss`, `<stage>/<metric>`) over an epoch's `record`, over every
+        process's samples: the loss is the mean of the batches' losses weighted by their sizes (Lightning's epoch
+        mean), a metric function is applied to all the epoch's outputs at once, and a torchmetrics Metric is updated
+        with this process's outputs and computed over every process's (its own synchronisation)."""
+        local = [torch.cat(record.outputs), torch.cat(record.targets)] if record.sizes else []
+        loss = (torch.stack(record.losses) * torch.tensor(record.sizes, device=self.device)).sum() if record.sizes else 0
+        outputs, targets, loss, count = self.every_process(local, loss, sum(record.sizes))
+        values = {f"{stage}/loss": loss / count}
+        for name, metric in self.metrics.items():
+            values[f"{stage}/{name}"] = metric(outputs, targets)
         for name, metric in self.epoch_metrics[f"{stage}_metrics"].items():
-            values[f"{stage}/{name}"] = metric.compute()  # over every process's samples already
+            if local:
+                metric.update(*local)
+            values[f"{stage}/{name}"] = metric.compute()
             metric.reset()
         return values
+
+    def every_process(self, local: list[torch.Tensor], loss: torch.Tensor | float, count: int) -> tuple:
+        """The epoch's outputs and targets (`local`: none where a process had no samples), loss sum and sample count
+        of every process of a DDP run together; this process's in a single one. Through all_gather_object, as the
+        processes' evaluation shards may differ in size, where Lightning's all_gather needs equal shapes."""
+        if self.trainer.world_size == 1:
+            return *local, loss, count
+        gathered = [None] * self.trainer.world_size
+        torch.distributed.all_gather_object(gathered, ([tensor.cpu() for tensor in local], float(loss), count))
+        shards = [shard for shard, _, _ in gathered if shard]
+        return (torch.cat([outputs for outputs, _ in shards]), torch.cat([targets for _, targets in shards]),
+                torch.tensor(sum(loss for _, loss, _ in gathered)), sum(count for _, _, count in gathered))
 
     def record_values(self, values: dict[str, torch.Tensor], epoch: int, step: int) -> None:
         """Hand an epoch's final values to the callbacks and the logger, at `epoch` and `step`.

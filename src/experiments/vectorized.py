@@ -10,8 +10,8 @@ group per distinct setting of its numbers (lr, momentum, betas, ...): the jobs a
 each setting's jobs are one contiguous slice of the stacked tensors, and that group's parameters are
 views of the slice, so the optimizer updates the stacked tensors in place and nothing is restacked
 per step. The updates of torch's optimizers are elementwise, so each job sees its own optimizer's
-arithmetic. Epoch metrics follow Lightning's rule (the batch-size-weighted mean of the per-batch
-values, or a torchmetrics Metric over the whole epoch) and are computed from the epoch's outputs.
+arithmetic. Epoch values are a single run's (Task.epoch_values): the loss is the batch-size-weighted
+mean of the per-batch losses, and each metric is computed over all the epoch's samples of each job.
 """
 import copy
 import inspect
@@ -443,7 +443,7 @@ class Group:
         batch_size = self.datamodule.batch_size
         values = {f"{stage}/loss": batch_mean(self.task.loss, outputs, targets, batch_size)}
         for name, metric in self.task.metrics.items():
-            values[f"{stage}/{name}"] = batch_mean(metric, outputs, targets, batch_size)
+            values[f"{stage}/{name}"] = vmap(metric)(outputs, targets)
         for name, metric in self.task.epoch_metrics[f"{stage}_metrics"].items():  # torchmetrics: the whole epoch
             metric.to(self.device)
             per_job = []
