@@ -123,6 +123,20 @@ def test_a_signal_ends_the_run_killed_and_the_command_with_128_plus_its_number(s
     assert store.get_run(run.info.run_id).info.status == "KILLED"
 
 
+def test_a_run_stopped_before_its_first_checkpoint_says_to_run_it_again_not_to_resume_it(store):
+    process = start("-m", "experiments", "data=circle", "trainer.max_epochs=100000",
+                    "trainer.callbacks.last_checkpoint.interval=3600", *QUIET)
+    run = running_run(store, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 130, stderr
+    assert (f"run {run.info.run_id} KILLED before its first checkpoint, so it cannot be continued; run the same "
+            "command again to train it afresh") in stderr.splitlines(), stderr
+    assert "resume=" not in stderr
+    assert store.get_run(run.info.run_id).info.status == "KILLED"
+
+
 def test_a_signal_in_a_sweep_ends_its_job_and_parent_killed(store):
     process = start("-m", "experiments", "-m", "data=circle", "trainer.max_epochs=100000", "seed=0,1", *QUIET)
     running_run(store, process)
@@ -140,15 +154,15 @@ def test_a_signal_stops_a_parallel_sweep_its_jobs_and_parent_killed(store, signu
     group (Ctrl-C in a terminal), which holds the jobs' worker processes."""
     process = start("-m", "experiments", "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "data=circle",
                     "trainer.max_epochs=100000", "seed=0,1,2", *QUIET, start_new_session=True)
-    for _ in range(600):  # both workers train
+    for _ in range(600):  # both workers train, each past its first checkpoint
         assert process.poll() is None, process.communicate()[1]
         experiment = store.get_experiment_by_name("experiments")
         runs = store.search_runs([experiment.experiment_id], "metrics.`train/loss` > 0") if experiment else []
-        if len(runs) == 2:
+        if len(runs) == 2 and all((Path(run.data.tags["checkpoint.dir"]) / "last.ckpt").is_file() for run in runs):
             break
         time.sleep(0.2)
     else:
-        raise AssertionError("the two workers did not both train")
+        raise AssertionError("the two workers did not both train to a checkpoint")
     os.killpg(process.pid, signum) if to_group else process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments import store
 from experiments.cli import error_line
 from experiments.errors import Requeued, ServerLost, Stopped
-from experiments.resume import Interrupted
+from experiments.resume import CHECKPOINT, Interrupted
 from experiments.task import apply
 
 
@@ -192,8 +192,12 @@ def start_run(config: DictConfig, run_name: str, choices: dict[str, str | None],
             ended = "KILLED" if not logger.lost else (  # what to do instead
                 "stopped (its tracking server does not answer: the metrics it did not get are kept beside the "
                 "checkpoint)")
-            print(f"run {run.info.run_id} {ended}; continue it from its last checkpoint with: "
-                  f"{resume_command(run.info.run_id, tracking.tracking_uri)}", file=sys.stderr)
+            if (Path(tags["checkpoint.dir"]) / CHECKPOINT).is_file():
+                print(f"run {run.info.run_id} {ended}; continue it from its last checkpoint with: "
+                      f"{resume_command(run.info.run_id, tracking.tracking_uri)}", file=sys.stderr)
+            else:  # stopped in its first second of training, or trainer=compiled, which saves none while it trains
+                print(f"run {run.info.run_id} {ended} before its first checkpoint, so it cannot be continued; run the "
+                      "same command again to train it afresh", file=sys.stderr)
         raise
     except BaseException as error:
         end_run("FAILED", logger, {"error": error_line(error)})
