@@ -4,7 +4,7 @@ Accuracy is written here rather than taken from torchmetrics because its rule fo
 target encoding (argmax, sign of ±1 targets, threshold for 0/1), which torchmetrics has no one class for.
 The regression metrics are plain functions rather than torchmetrics' Metric objects, whose update,
 compute and reset took 0.28 ms an epoch for the four (REFERENCE.md A2: 0.14 s of a 2.3 s fit; these take
-0.04 ms), and rather than its functional r2_score, which vmap cannot batch (vectorized.py).
+0.05 ms), and rather than its functional r2_score, which vmap cannot batch (vectorized.py).
 """
 import torch
 
