@@ -30,14 +30,12 @@ import time
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.plugins.precision import Precision
-from lightning.pytorch.strategies import SingleDeviceStrategy
 from omegaconf import DictConfig
 
 from experiments.callbacks import LastCheckpoint, RandomStates, StopOnDivergence
 from experiments.data.tensors import take
 from experiments.errors import ConfigError
-from experiments.task import EpochOutputs, Task
+from experiments.task import EpochOutputs, Task, one_device_full_precision
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +126,7 @@ class CompiledFit:
     def check(options: DictConfig, trainer: L.Trainer, task: Task) -> None:
         """Refuse, in one line, what this loop cannot do as Lightning's would: `options` is the trainer config."""
         problems = []
-        if type(trainer.precision_plugin) is not Precision or not isinstance(trainer.strategy, SingleDeviceStrategy):
+        if not one_device_full_precision(trainer):
             problems.append("one process on one device at full precision")
         if task.scheduler is not None:
             problems.append("a constant learning rate (scheduler=constant)")

@@ -48,6 +48,11 @@ def plain_partial(function: Callable) -> Callable:
     return function
 
 
+def one_device_full_precision(trainer: L.Trainer) -> bool:
+    """Whether `trainer` trains in one process on one device at full precision."""
+    return type(trainer.precision_plugin) is Precision and isinstance(trainer.strategy, SingleDeviceStrategy)
+
+
 def count_step(optimizer: LightningOptimizer) -> None:
     """Count an optimizer step taken without Lightning's optimizer wrapper, as the wrapper's step does (its
     manual-optimization loop's progress, from which trainer.global_step is read, and the profiler's span)."""
@@ -132,7 +137,7 @@ class Task(L.LightningModule):
         on_fit_start): one process at full precision, and no step hooks."""
         trainer = self.trainer
         return (
-            type(trainer.precision_plugin) is Precision and isinstance(trainer.strategy, SingleDeviceStrategy)
+            one_device_full_precision(trainer)
             and not any(is_overridden(hook, callback, L.Callback) for callback in trainer.callbacks
                         for hook in STEP_HOOKS)
             and not any(is_overridden(hook, self, L.LightningModule) for hook in STEP_HOOKS)
