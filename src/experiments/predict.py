@@ -6,6 +6,7 @@ time) or on a CSV or IDX file of inputs, and writes the predictions to a CSV fil
 """
 from pathlib import Path
 
+import scipy.special  # noqa: F401, I001 (first of the heavy imports, for a tabular model's skops: see run.py)
 import hydra
 import pandas as pd
 import torch
