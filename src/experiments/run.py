@@ -2,6 +2,7 @@
 import os
 import tempfile
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +22,9 @@ from lightning.pytorch.strategies.launchers.subprocess_script import _Subprocess
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import checkpoint, models, plots, resume, sweep, tracking
+from experiments import checkpoint, models, plots, resume, store, sweep, tracking
 from experiments.callbacks import LastCheckpoint
+from experiments.cli import heavy_import
 from experiments.compiled import CompiledFit
 from experiments.errors import ConfigError
 from experiments.report import log_choices, model_summary, print_model_summary, print_results
@@ -108,8 +110,24 @@ def fit_and_test(trainer: L.Trainer, task: Task, datamodule, resume_from: Path |
     return results
 
 
+def import_libraries(config: DictConfig) -> None:
+    """Import the libraries a run of `config` loads besides this module's, as this module is (cli.heavy_import:
+    without the garbage collector, then frozen out of its scans): its data module's (a table's pandas, scikit-learn
+    and skops) and MLflow's SQL store. Imported where first used, midway through the run, their 100,000 and more
+    objects brought full collections of everything not frozen: 0.3 s of REFERENCE.md A2's command, 0.15 s of a tiny
+        run's. Imported before `build` makes anything, so that none of the run's objects is frozen (but, in a vectorised
+    sweep, the jobs built before one that needs a module they did not)."""
+    data_module = str(config.data.get("_target_", "")).rpartition(".")[0]
+    if data_module:
+        with suppress(ImportError):  # a _target_ that names no module: instantiate says so, in build
+            heavy_import(data_module)
+    if store.sqlite_path(config.tracking.tracking_uri):
+        heavy_import("mlflow.store.tracking.sqlalchemy_store")
+
+
 def build(config: DictConfig) -> tuple[Task, L.LightningDataModule]:
     """The seeded data module and task (model, loss, metrics, optimizer) of `config`, checked on one batch."""
+    import_libraries(config)
     L.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = instantiate(config.data)
     model = models.build(config.model, datamodule.input_shape, datamodule.num_outputs, datamodule.target_scale)
