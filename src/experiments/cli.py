@@ -118,7 +118,7 @@ def heavy_import(name: str) -> ModuleType:
     experiments.run, a second of its 4.5 s here; later, one in nearly every run scanned the libraries again (0.3 s
     of REFERENCE.md A2's 2.6 s fit). A freeze also keeps the garbage there is at that moment (15,000 objects after
     experiments.run), so it is done once per module and process, not once per job; and a later one collects first
-    (over the objects not frozen, a few tens of milliseconds), as a sweep's later job may import a module that the
+    (over the objects not frozen, a few milliseconds in a run), as a sweep's later job may import a module that the
     jobs before it did not, whose garbage (a data module's tensors among it) is not to be kept."""
     if name in sys.modules:
         return sys.modules[name]

@@ -115,7 +115,7 @@ def import_libraries(config: DictConfig) -> None:
     without the garbage collector, then frozen out of its scans): its data module's (a table's pandas, scikit-learn
     and skops) and MLflow's SQL store. Imported where first used, midway through the run, their 100,000 and more
     objects brought full collections of everything not frozen: 0.3 s of REFERENCE.md A2's command, 0.15 s of a tiny
-        run's. Imported before `build` makes anything, so that none of the run's objects is frozen (but, in a vectorised
+    run's. Imported before `build` makes anything, so that none of the run's objects is frozen (but, in a vectorised
     sweep, the jobs built before one that needs a module they did not)."""
     data_module = str(config.data.get("_target_", "")).rpartition(".")[0]
     if data_module:
