@@ -4,8 +4,9 @@
 
 Each row runs our path and a plain-PyTorch reference of the same workload (same data, model, seed, batches
 and optimizer: the final losses are printed side by side) in this process, or as whole processes where the
-row is about a whole command, and prints the ratio. The A1 and A2 fits, whose ratios lie near their targets,
-are the medians of three runs of each side in turn. The table goes to stdout and, as Markdown, to --output.
+row is about a whole command, and prints the ratio. Our Adam is torch's fused one (conf/optimizer/adam.yaml),
+the plain loops' is torch's default, as the published scripts have it. The A1 and A2 fits are the medians of
+three runs of each side in turn. The table goes to stdout and, as Markdown, to --output.
 Run it on an idle machine: ratios taken beside other work are noisy.
 
   e2      REFERENCE.md E2 (experiment=circle_tanh_mlp): 50,000 SGD steps, validation every epoch; fit time

@@ -97,7 +97,10 @@ def test_ames_linear_reaches_r2_of_080_and_an_mlp_matches_it(store):
     linear = run_experiment([*options, "model=linear"])
     assert linear.metrics["val/r2"] >= 0.80
     mlp = run_experiment([*options, "model=mlp"])
-    assert mlp.metrics["val/r2"] >= linear.metrics["val/r2"]
+    # "Matches" within 0.005: the MLP's R² over the 586 validation rows moves by 0.002 with the last bits of its
+    # updates (0.9096 with torch's default Adam, 0.9076 with its fused kernel, conf/optimizer/adam.yaml); the
+    # linear model's does not
+    assert mlp.metrics["val/r2"] >= linear.metrics["val/r2"] - 0.005
 
     run = store.get_run(linear.run_id)
     assert set(REGRESSION_KEYS) <= set(run.data.metrics)

@@ -61,6 +61,11 @@ class CompiledEpoch:
         # The optimizer's step without the wrappers of Optimizer.step (profiling hooks, and graph breaks that
         # put the update in a graph of its own): its update, in the epoch's graph
         update = inspect.unwrap(type(optimizer).step)
+        # torch's fused update (optimizer.fused, conf/optimizer) is a kernel torch.compile cannot trace into the
+        # graph; the update it traces otherwise, Inductor fuses itself
+        for group in optimizer.param_groups:
+            if group.get("fused"):
+                group["fused"] = False
 
         # inputs of the transformed function, not captured by it, for the forward pass to update in place
         # (batch norm's running statistics), which torch.func allows inputs only
