@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUIET, assert_continued_as_uninterrupted, cli, start
+from conftest import QUIET, ROOT, assert_continued_as_uninterrupted, cli, start
 
 from test_sweeps import parent_and_children
 
@@ -135,6 +135,65 @@ def test_a_run_stopped_before_its_first_checkpoint_says_to_run_it_again_not_to_r
             "command again to train it afresh") in stderr.splitlines(), stderr
     assert "resume=" not in stderr
     assert store.get_run(run.info.run_id).info.status == "KILLED"
+
+
+# A sitecustomize.py that delivers SIGTERM to the command at the first call of a method: where a signal's exception
+# does not reach the code above it as itself. Inside a weakref callback, as the garbage collector runs them (Python
+# drops an exception raised there, printing "Exception ignored in ..."), or inside C code that drops it and raises an
+# error of its own (matplotlib's pybind11 converters: "ValueError: Invalid bounding box", seen in this suite once).
+SIGTERM_AT_FIRST_CALL = """
+import signal, weakref
+from {module} import {cls}
+
+method = {cls}.{method}
+
+def in_a_weakref_callback():
+    class Referent:
+        pass
+    referent = Referent()
+    reference = weakref.ref(referent, lambda _: signal.raise_signal(signal.SIGTERM))
+    del referent
+
+def replaced_by_an_error():
+    try:
+        signal.raise_signal(signal.SIGTERM)
+    except BaseException:
+        pass
+    raise ValueError("Invalid bounding box")
+
+def first_call(self, *args, **kwargs):
+    {cls}.{method} = method
+    {where}()
+    return method(self, *args, **kwargs)
+
+{cls}.{method} = first_call
+"""
+SAVING_A_FIGURE = {"module": "matplotlib.figure", "cls": "Figure", "method": "savefig"}
+
+
+@pytest.mark.parametrize("where, at, sweep", [
+    ("in_a_weakref_callback", SAVING_A_FIGURE, []),
+    ("replaced_by_an_error", SAVING_A_FIGURE, []),
+    ("replaced_by_an_error", SAVING_A_FIGURE, ["-m", "seed=0,1"]),
+    # as a vectorised group trains: not a group that "could not train as one program", its jobs then run one by one
+    ("replaced_by_an_error", {"module": "torch", "cls": "Tensor", "method": "backward"},
+     ["-m", "hydra/launcher=vectorized", "seed=0,1"]),
+], ids=["weakref-callback", "error", "error-sweep", "error-vectorized-group"])
+def test_a_signal_that_does_not_reach_the_run_as_itself_still_ends_it_killed(store, isolated, where, at, sweep):
+    (isolated / "injected").mkdir()
+    (isolated / "injected" / "sitecustomize.py").write_text(SIGTERM_AT_FIRST_CALL.format(where=where, **at))
+    result = cli("-m", "experiments", *sweep, "data=xor", "trainer.max_epochs=1", *QUIET,
+                 env={"PYTHONPATH": os.pathsep.join([str(isolated / "injected"), str(ROOT / "src")])})
+
+    assert result.returncode == 143, result.stderr
+    assert result.stderr.splitlines()[-1] == "error: stopped by SIGTERM"
+    if sweep:
+        parent, runs = parent_and_children(store)
+        assert parent.info.status == "KILLED"
+    else:
+        runs = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
+    # the basic launcher's second job never started; a vectorised group's jobs trained together
+    assert [run.info.status for run in runs] == ["KILLED"] * (2 if "hydra/launcher=vectorized" in sweep else 1)
 
 
 def test_a_signal_in_a_sweep_ends_its_job_and_parent_killed(store):

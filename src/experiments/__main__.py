@@ -21,7 +21,7 @@ def objective(config: DictConfig) -> float:
     in_slurm_job = os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and "SLURM_JOB_ID" in os.environ
     with (errors.requeued_on_signals(HydraConfig.get().launcher.timeout_min,
                                      OmegaConf.select(config, "trainer.callbacks.last_checkpoint.interval"))
-          if in_slurm_job else nullcontext()):
+          if in_slurm_job else nullcontext(), errors.stops_kept()):
         check_override_types(config)
         check_ranges(config)
         store.check_reachable(config.tracking.tracking_uri)  # in seconds, before torch and the data load

@@ -1,13 +1,16 @@
 """The exception types the commands report in a line: bad input, divergence, a stop by a signal."""
+import _thread
 import logging
 import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from typing import NoReturn
 
 
 class ConfigError(Exception):
@@ -46,6 +49,9 @@ class OutOfTime(BaseException):
 
 
 received_signal: int | None = None  # the signal that stopped this process, once one has
+signal_stop: BaseException | None = None  # what its handler raised: Stopped, Requeued or OutOfTime
+stop_reached = False  # whether signal_stop reached a stops_kept block as itself
+stop_dropped = False  # whether Python dropped signal_stop (deliver_dropped_stop)
 checkpoint_saved = False  # whether this process saved a training state (callbacks.LastCheckpoint sets it)
 WORKERS_GRACE_SECONDS = 20  # for the joblib launcher's workers to end their runs (schedulers wait 30 s to SIGKILL)
 
@@ -53,15 +59,67 @@ WORKERS_GRACE_SECONDS = 20  # for the joblib launcher's workers to end their run
 def stop_on_signals() -> None:
     """Make SIGINT and SIGTERM raise Stopped, so that every run open ends KILLED and the command exits 128+N."""
 
-    def stop(signum, frame):
-        global received_signal
-        if received_signal is None:  # a second Ctrl-C while stopping must not interrupt the clean-up
-            received_signal = signum
-            stop_workers(signum)
-            raise Stopped(signum)
+    def stop(signum: int) -> NoReturn:
+        stop_workers(signum)
+        raise Stopped(signum)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, stop)
+        signal.signal(signum, signal_handler(stop))
+    sys.unraisablehook = deliver_dropped_stop
+
+
+def signal_handler(stop: Callable[[int], NoReturn]) -> Callable:
+    """A signal handler that raises what `stop(signum)` raises at the first signal, and ignores the later ones (a
+    second Ctrl-C while stopping must not interrupt the clean-up), but for the one deliver_dropped_stop sends."""
+
+    def handle(signum, frame):
+        global received_signal, signal_stop, stop_dropped
+        if stop_dropped:
+            stop_dropped = False
+            raise signal_stop
+        if received_signal is None:
+            received_signal = signum
+            try:
+                stop(signum)
+            except BaseException as raised:
+                signal_stop = raised
+                raise
+
+    return handle
+
+
+def deliver_dropped_stop(unraisable) -> None:
+    """sys.unraisablehook. Python drops an exception raised where it cannot go on (a weakref callback or a __del__
+    that the garbage collector runs): it prints "Exception ignored in ..." and carries on. A signal's stop raised
+    there would be lost, and the later signals ignored: it is raised again, wherever the main thread is 10 ms on."""
+    global stop_dropped
+    if signal_stop is None or unraisable.exc_value is not signal_stop:
+        sys.__unraisablehook__(unraisable)
+        return
+    stop_dropped = True
+    # From another thread: called here, the handler would run at this function's next instruction, where Python
+    # drops its exception as well
+    again = threading.Timer(0.01, _thread.interrupt_main, (received_signal,))
+    again.daemon = True
+    again.start()
+
+
+@contextmanager
+def stops_kept() -> Iterator[None]:
+    """Keep a signal's stop itself on its way out of the block. C code that the signal interrupted may put an
+    error of its own in its place (matplotlib's pybind11 converters drop it and raise "ValueError: Invalid
+    bounding box"): the run would end FAILED, and a sweep go on to its next job. An error raised after the stop
+    came through here is an error of its own (one in the clean-up of the stopped runs)."""
+    global stop_reached
+    try:
+        yield
+    except BaseException as error:
+        if signal_stop is None or stop_reached:
+            raise
+        stop_reached = True
+        if error is signal_stop or not isinstance(error, Exception):
+            raise
+        raise signal_stop from error
 
 
 @contextmanager
@@ -82,28 +140,25 @@ def requeued_on_signals(timeout_min: int, checkpoint_interval: float | None) -> 
         done = subprocess.run(command, capture_output=True, text=True)
         return done.stdout.strip() if done.returncode == 0 else None
 
-    def requeue(signum, frame):
-        global received_signal
-        if received_signal is None:  # SLURM sends SIGTERM again as it requeues the job: the first one acts
-            received_signal = signum
-            job = os.environ["SLURM_JOB_ID"]
-            # a job cancelled by scancel is no longer RUNNING when its SIGTERM comes: that one stays cancelled
-            if (os.environ.get("SLURM_PROCID", "0") == "0"
-                    and slurm("squeue", "--noheader", "--format=%T", "--jobs", job) == "RUNNING"):
-                if signum == signal.SIGUSR2 and not checkpoint_saved:
-                    raise OutOfTime(out_of_time(time.monotonic() - started, timeout_min, checkpoint_interval))
-                if slurm("scontrol", "requeue", job) is not None:
-                    raise Requeued(signum)
-            raise Stopped(signum)
+    def requeue(signum: int) -> NoReturn:  # the first signal only: SLURM sends SIGTERM again as it requeues the job
+        job = os.environ["SLURM_JOB_ID"]
+        # a job cancelled by scancel is no longer RUNNING when its SIGTERM comes: that one stays cancelled
+        if (os.environ.get("SLURM_PROCID", "0") == "0"
+                and slurm("squeue", "--noheader", "--format=%T", "--jobs", job) == "RUNNING"):
+            if signum == signal.SIGUSR2 and not checkpoint_saved:
+                raise OutOfTime(out_of_time(time.monotonic() - started, timeout_min, checkpoint_interval))
+            if slurm("scontrol", "requeue", job) is not None:
+                raise Requeued(signum)
+        raise Stopped(signum)
 
-    previous = {signum: signal.signal(signum, requeue) for signum in (signal.SIGTERM, signal.SIGUSR2)}
+    previous = {signum: signal.signal(signum, signal_handler(requeue)) for signum in (signal.SIGTERM, signal.SIGUSR2)}
     try:
         yield
     except OutOfTime as error:
         raise ConfigError(str(error)) from None
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for signum, before in previous.items():
+            signal.signal(signum, before)
 
 
 def out_of_time(seconds: float, timeout_min: int, checkpoint_interval: float | None) -> str:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments import store
 from experiments.cli import error_line
-from experiments.errors import Requeued, ServerLost, Stopped
+from experiments.errors import Requeued, ServerLost, Stopped, stops_kept
 from experiments.resume import CHECKPOINT, Interrupted
 from experiments.task import apply
 
@@ -178,9 +178,10 @@ def start_run(config: DictConfig, run_name: str, choices: dict[str, str | None],
         run = mlflow.start_run(run_name=run_name, tags=tags, parent_run_id=parent_run_id)
         logger = EpochLogger(run_id=run.info.run_id, **options)
     try:
-        if not resumed:
-            log_config(config)
-        yield logger
+        with stops_kept():
+            if not resumed:
+                log_config(config)
+            yield logger
     except Requeued:
         end_run("SCHEDULED", logger)
         print(f"run {run.info.run_id} SCHEDULED: SLURM requeued the job, which continues the run from its last "

@@ -40,7 +40,7 @@ class VectorizedLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from experiments.cli import heavy_import
-        from experiments.errors import Stopped
+        from experiments.errors import Stopped, stops_kept
 
         vectorized = heavy_import("experiments.vectorized")  # torch and Lightning load only when a sweep runs
 
@@ -66,7 +66,8 @@ class VectorizedLauncher(Launcher):
             try:
                 training = vectorized.Group(group)
                 try:
-                    trained = training.train()
+                    with stops_kept():
+                        trained = training.train()
                 except Stopped:  # SIGINT, SIGTERM: each job's run KILLED with the epochs it trained, then the exit
                     vectorized.record_stopped(training)
                     raise
