@@ -113,13 +113,14 @@ def stops_kept() -> Iterator[None]:
     global stop_reached
     try:
         yield
-    except BaseException as error:
+    except Exception as error:  # never the stop itself, a BaseException
         if signal_stop is None or stop_reached:
             raise
         stop_reached = True
-        if error is signal_stop or not isinstance(error, Exception):
-            raise
         raise signal_stop from error
+    except BaseException as error:
+        stop_reached = stop_reached or error is signal_stop
+        raise
 
 
 @contextmanager
