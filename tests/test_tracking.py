@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from conftest import QUIET, cli
+from test_tabular import write_csv
 from experiments.api import run_experiment
 from experiments.task import Task
 
@@ -18,6 +19,24 @@ def test_logged_model_loads_back_and_predicts_like_the_trained_one(store):
     assert torch.allclose(loaded(inputs), expected, atol=1e-6)
     predicted = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model").predict(inputs.numpy())
     assert np.allclose(np.asarray(predicted), expected.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("data", ["circle", "csv"])
+def test_the_logged_model_carries_the_runs_final_metrics(store, tmp_path, data):
+    """The MLflow model's metrics (its page in the MLflow UI, the experiment's Models tab) are the run's final
+    values: its last epoch's, its test's, its timings and diagnostics; not its first epoch's. A CSV's run logs its
+    model through its preprocessing (MLflow's pyfunc flavour), with a test split and the least-squares baseline."""
+    rows = ["data=csv", f"data.path={write_csv(tmp_path / 'rows.csv')}", "data.target=price"]
+    result = run_experiment([*(rows if data == "csv" else ["data=circle"]), "trainer.max_epochs=3", *QUIET])
+    run = store.get_run(result.run_id)
+    (model,) = store.search_logged_models([run.info.experiment_id],
+                                          filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert {metric.key: metric.value for metric in model.metrics} == run.data.metrics
+    assert {"train/loss", "val/loss", "epoch", "time/fit_seconds"} <= run.data.metrics.keys()
+    if data == "csv":
+        assert {"test/r2", "closed_form/test/r2"} <= run.data.metrics.keys()
+    losses = [metric.value for metric in store.get_metric_history(run.info.run_id, "train/loss")]
+    assert len(losses) == 3 and len(set(losses)) == 3, "three epochs, each its own loss"
 
 
 def test_a_run_that_raises_is_marked_failed(store, monkeypatch):

@@ -78,6 +78,7 @@ def assert_same_as_alone(args: list[str], isolated, grouped_line: str) -> dict:
         (model,) = client.search_logged_models([run.info.experiment_id],
                                                filter_string=f"source_run_id = '{run.info.run_id}'")
         assert model.name == "model"
+        assert {metric.key: metric.value for metric in model.metrics} == run.data.metrics  # the run's final values
     return vectorized
 
 

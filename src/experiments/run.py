@@ -185,27 +185,30 @@ def open_run(config: DictConfig, choices, tags: dict[str, str] | None = None, re
     return tracking.start_run(config, run_name, choices, job and job.parent_run_id, tags, resumed)
 
 
-def record(config: DictConfig, task: Task, datamodule, results: dict[str, float],
+def record(config: DictConfig, task: Task, datamodule, results: dict[str, float], step: int,
            losses: dict[str, list[float]] | None = None) -> dict[str, float]:
     """What a job records in its open MLflow run once trained: timings, model diagnostics, plots, the
     dataset's extras, model.pt and the MLflow model; `results` (the final metrics) plus what it adds.
+    `step`: the run's last step (Task.last_step), where its final metrics are and these are logged: the MLflow
+    model, logged at that step, links the metrics there (MLflow's LoggedModel), so it carries the run's final values.
     `losses`: the per-epoch losses for the plots (plots.loss_history), when not read from the run."""
     model = task.model
     model.cpu()  # plots and the logged model's example run on the CPU, whatever trained it
     if hasattr(model, "diagnostics"):
         results |= {f"model/{name}": value for name, value in model.diagnostics().items()}
-    mlflow.log_metrics({key: value for key, value in results.items() if key.split("/")[0] in ("time", "model")})
+    mlflow.log_metrics({key: value for key, value in results.items() if key.split("/")[0] in ("time", "model")},
+                       step=step)
     accuracy = task.metrics.get("accuracy")
     plots.log_plots(model, datamodule, accuracy.keywords["threshold"] if accuracy else 0.5,
                     losses or plots.loss_history(mlflow.active_run().info.run_id), output_dir())
-    results |= datamodule.log_extras(model)
+    results |= datamodule.log_extras(model, step)
     saved = checkpoint.save(config, model, datamodule, output_dir())
     if datamodule.preprocessing is None:
-        tracking.log_model(model, task.example_input_array)
+        tracking.log_model(model, task.example_input_array, step)
     else:  # raw rows in, through the run's preprocessing
         from experiments.data.tabular import log_model
 
-        log_model(saved)
+        log_model(saved, step)
     return results
 
 
@@ -253,7 +256,7 @@ def run(config: DictConfig) -> Result:
         logger.unsent_file = checkpoint_dir / resume.UNSENT_METRICS
         results = (resumed.metrics if resumed else {}) | fit_and_test(trainer, task, datamodule, resume_from, compiled)
         logger.send_all(config.tracking.server_wait)  # a tracking server lost in training: back for the final records
-        results = record(config, task, datamodule, results)
+        results = record(config, task, datamodule, results, task.last_step)
 
     epochs = trainer.current_epoch + task.compiled_epochs
     print_results(f"{choices['data']} · {choices['model']} · {epochs} epochs", results, logger.run_id,

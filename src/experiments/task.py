@@ -8,7 +8,6 @@ import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.strategies import SingleDeviceStrategy
-from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torchmetrics import Metric
 
@@ -118,7 +117,7 @@ class Task(L.LightningModule):
         })
         self.epoch_outputs = {stage: EpochOutputs() for stage in STAGES}
         # the epochs and optimizer steps trainer=compiled trained outside Lightning's loop (compiled.py), which the
-        # epoch and step a test's metrics are logged at count as Lightning's own
+        # epoch and step a test's metrics are logged at count as Lightning's own (last_step)
         self.compiled_epochs = self.compiled_steps = 0
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
@@ -226,13 +225,18 @@ class Task(L.LightningModule):
             self.logger.log_metrics({name: float(value) for name, value in values.items()} | {"epoch": epoch},
                                     step=step)
 
+    @property
+    def last_step(self) -> int:
+        """The last optimizer step taken, counted from 0 as Lightning counts them (0 before any): the step an epoch's
+        values are logged at, and a test's (or a validation's outside fitting), which evaluates the model of that
+        step. Lightning would log a test one step later; at the same step, a run's final values are all at its last
+        step, where its MLflow model links them (run.record)."""
+        return max(self.trainer.global_step + self.compiled_steps - 1, 0)
+
     def _log_epoch(self, stage: str) -> None:
         """Log the epoch's loss and metrics of `stage` over every process's batches, then start afresh."""
         record, self.epoch_outputs[stage] = self.epoch_outputs[stage], EpochOutputs()
-        # The step is Lightning's: while fitting, an epoch's values at its last optimizer step (counted from 0); a
-        # test's, or a validation's outside fitting, after the last.
-        step = max(self.trainer.global_step + self.compiled_steps - (self.trainer.state.fn == TrainerFn.FITTING), 0)
-        self.record_values(self.epoch_values(stage, record), self.current_epoch + self.compiled_epochs, step)
+        self.record_values(self.epoch_values(stage, record), self.current_epoch + self.compiled_epochs, self.last_step)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Called before the checkpoint is written. A run resumes after its checkpoint's epoch, so the metrics held

@@ -225,8 +225,9 @@ def end_run(status: str, logger: EpochLogger, tags: dict[str, str] | None = None
         mlflow.end_run(status)  # takes the run off MLflow's active runs, then sends its status
 
 
-def log_model(model: torch.nn.Module, input_example: torch.Tensor | tuple[torch.Tensor, ...]) -> None:
-    """Log the trained model to the active run (MLflow exports it with torch.export).
+def log_model(model: torch.nn.Module, input_example: torch.Tensor | tuple[torch.Tensor, ...], step: int) -> None:
+    """Log the trained model to the active run (MLflow exports it with torch.export), linked to the run's metrics
+    at `step`.
 
     The example needs 2 or more rows: torch.export fixes a batch dimension of size 1. A model with
     several inputs (a tuple) gets a signature of named tensors input_0, input_1, ...; MLflow then
@@ -242,6 +243,7 @@ def log_model(model: torch.nn.Module, input_example: torch.Tensor | tuple[torch.
     mlflow.pytorch.log_model(
         model,
         name="model",
+        step=step,
         signature=infer_signature(signature_inputs, outputs),
         input_example=example,
         # Stating the requirements skips MLflow's slow import scan of the environment.

@@ -520,10 +520,10 @@ class Group:
             if not running.any():
                 break
         seconds = time.perf_counter() - start_time
-        # logged at the step after the last, as Lightning's test logs it; a diverged job is not tested
+        # logged at the last step, as a single run logs it (Task.last_step); a diverged job is not tested
         if datamodule.test is not None and running.any():
             tested = {name: value.cpu() for name, value in self._evaluate("test", *self._data("test")).items()}
-            history.append((epochs * steps, tested | {"epoch": torch.full((len(self.jobs),), epochs)}))
+            history.append((epochs * steps - 1, tested))
             latest |= tested
         self._write_back()
         share = seconds / len(self.jobs)
@@ -639,13 +639,15 @@ def record(config: DictConfig, job: Job, trained: Trained) -> dict[str, float]:
             if trained.error:  # its run ends FAILED with the error's line, as a single run's does
                 log_history(logger.run_id, trained.history)
                 raise trained.error
-            # The history after the MLflow model, but for its step 0: logging a model reads the run's whole history of
-            # every metric to link the model with their values at step 0 (0.3 s a job of REFERENCE.md E2's 500 epochs)
-            log_history(logger.run_id, [(step, values) for step, values in trained.history if step == 0])
+            # The history after the MLflow model, but for its last step: logging a model reads the run's whole history
+            # of every metric to link the model with their values at that step (0.3 s a job of REFERENCE.md E2's 500
+            # epochs)
+            last = trained.history[-1][0]
+            log_history(logger.run_id, [(step, values) for step, values in trained.history if step == last])
             losses = {stage: [values[f"{stage}/loss"] for _, values in trained.history if f"{stage}/loss" in values]
                       for stage in ("train", "val")}
-            results = run.record(config, task, datamodule, dict(trained.results), losses)
-            log_history(logger.run_id, [(step, values) for step, values in trained.history if step != 0])
+            results = run.record(config, task, datamodule, dict(trained.results), last, losses)
+            log_history(logger.run_id, [(step, values) for step, values in trained.history if step != last])
     finally:
         release(job)
     print_results(f"{choices.data} · {choices.model} · {trained.epochs} epochs · vectorised, a group of "

@@ -242,16 +242,16 @@ class RawRowsModel(mlflow.pyfunc.PythonModel):
         return self.preprocessing.predict(self.model, model_input)
 
 
-def log_model(checkpoint_path: Path) -> None:
+def log_model(checkpoint_path: Path, step: int) -> None:
     """Log the model of a tabular run (RawRowsModel, as code: tabular_model.py) to the active MLflow run, as
-    `model`. No signature: MLflow would then demand exactly the training columns and types, where raw rows
-    may lack the target, hold other columns, or read a number column as text."""
+    `model`, linked to the run's metrics at `step`. No signature: MLflow would then demand exactly the training
+    columns and types, where raw rows may lack the target, hold other columns, or read a number column as text."""
     pyfunc_logger = logging.getLogger("mlflow.pyfunc")
     level = pyfunc_logger.level
     pyfunc_logger.setLevel(logging.ERROR)  # its warning that it inferred no signature: none is wanted (above)
     try:
         mlflow.pyfunc.log_model(
-            name="model", python_model=str(Path(__file__).with_name("tabular_model.py")),
+            name="model", step=step, python_model=str(Path(__file__).with_name("tabular_model.py")),
             artifacts={"checkpoint": str(checkpoint_path)},
             # Stating the requirements skips MLflow's slow import scan of the environment.
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "scikit-learn", "pandas", "skops"],
@@ -315,8 +315,8 @@ class TabularDataModule(TensorDataModule):
             for name, split in self.splits().items() for metric, score in REGRESSION_METRICS.items()
         }
 
-    def log_extras(self, model: torch.nn.Module) -> dict[str, float]:
+    def log_extras(self, model: torch.nn.Module, step: int) -> dict[str, float]:
         """Log the least-squares baseline beside the run (plots.py draws predicted vs actual)."""
         baseline = self.closed_form_metrics()
-        mlflow.log_metrics(baseline)
+        mlflow.log_metrics(baseline, step=step)
         return baseline

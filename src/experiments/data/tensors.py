@@ -197,7 +197,7 @@ class TensorDataModule(L.LightningDataModule):
         # lazily, batch by batch as the step takes them: an epoch of MNIST as floats would take 170 MB at once
         return ((self.normalize(inputs), targets) for inputs, targets in batches)
 
-    def log_extras(self, model: torch.nn.Module) -> dict[str, float]:
+    def log_extras(self, model: torch.nn.Module, step: int) -> dict[str, float]:
         """Log what this dataset adds to a run after training (baselines, plots) to the active MLflow
-        run; return the metrics among it. Nothing by default."""
+        run, its metrics at `step` (the run's last); return those metrics. Nothing by default."""
         return {}
