@@ -120,10 +120,13 @@ def tracking_server(mlflow_server):
 
 def assert_continued_as_uninterrupted(client, run_id: str, uninterrupted_id: str, epochs: int) -> None:
     """A run continued after a stop has the final metrics of an uninterrupted run with the same seed, and
-    records each of its epochs once."""
-    metrics, reference = client.get_run(run_id).data.metrics, client.get_run(uninterrupted_id).data.metrics
+    records each of its epochs once; its MLflow model carries those final metrics."""
+    run, reference = client.get_run(run_id), client.get_run(uninterrupted_id).data.metrics
+    metrics = run.data.metrics
     for name in ("train/loss", "val/loss", "val/accuracy"):
         assert metrics[name] == reference[name], name
         steps = [m.step for m in client.get_metric_history(run_id, name)]
         assert sorted(steps) == [m.step for m in client.get_metric_history(uninterrupted_id, name)]
         assert len(steps) == epochs, f"{name}: each epoch once"
+    (model,) = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
+    assert {metric.key: metric.value for metric in model.metrics} == metrics
