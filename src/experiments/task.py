@@ -229,8 +229,8 @@ class Task(L.LightningModule):
     def last_step(self) -> int:
         """The last optimizer step taken, counted from 0 as Lightning counts them (0 before any): the step an epoch's
         values are logged at, and a test's (or a validation's outside fitting), which evaluates the model of that
-        step. Lightning would log a test one step later; at the same step, a run's final values are all at its last
-        step, where its MLflow model links them (run.record)."""
+        step. Lightning logs a test one step later; here it shares the last epoch's step, so that a run's final
+        values are all at one step, where its MLflow model links them (run.record)."""
         return max(self.trainer.global_step + self.compiled_steps - 1, 0)
 
     def _log_epoch(self, stage: str) -> None:
