@@ -128,5 +128,16 @@ def assert_continued_as_uninterrupted(client, run_id: str, uninterrupted_id: str
         steps = [m.step for m in client.get_metric_history(run_id, name)]
         assert sorted(steps) == [m.step for m in client.get_metric_history(uninterrupted_id, name)]
         assert len(steps) == epochs, f"{name}: each epoch once"
-    (model,) = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
-    assert {metric.key: metric.value for metric in model.metrics} == metrics
+    assert linked_metrics(logged_model(client, run)) == metrics
+
+
+def logged_model(client, run):
+    """The MLflow model `run` logged (MLflow 3 keeps it apart from the run, which it names as its source)."""
+    (model,) = client.search_logged_models([run.info.experiment_id],
+                                           filter_string=f"source_run_id = '{run.info.run_id}'")
+    return model
+
+
+def linked_metrics(model) -> dict[str, float]:
+    """The metrics MLflow links with a logged model: what its page and the UI's Models tab show."""
+    return {metric.key: metric.value for metric in model.metrics}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUIET, ROOT, assert_continued_as_uninterrupted, cli, start
+from conftest import QUIET, ROOT, assert_continued_as_uninterrupted, cli, logged_model, start
 
 from test_sweeps import parent_and_children
 
@@ -354,7 +354,7 @@ def assert_recorded_in_full(server, run_id, epochs=100):
         assert len(steps) == len(set(steps)) == epochs, f"{name}: each epoch once"
     assert {"time/fit_seconds", "model/distinct_hidden_units"} <= set(run.data.metrics), "the final records"
     assert {"config.yaml", "model.pt", "plots"} <= {artifact.path for artifact in client.list_artifacts(run_id)}
-    (model,) = client.search_logged_models([run.info.experiment_id], f"source_run_id = '{run_id}'")
+    model = logged_model(client, run)
     local = mlflow.artifacts.download_artifacts(artifact_uri=model.artifact_location, tracking_uri=server.uri)
     assert mlflow.pytorch.load_model(local)(torch.rand(3, 2)).shape == (3, 1)
 

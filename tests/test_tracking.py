@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import QUIET, cli
+from conftest import QUIET, cli, linked_metrics, logged_model
 from test_tabular import write_csv
 from experiments.api import run_experiment
 from experiments.task import Task
@@ -29,9 +29,7 @@ def test_the_logged_model_carries_the_runs_final_metrics(store, tmp_path, data):
     rows = ["data=csv", f"data.path={write_csv(tmp_path / 'rows.csv')}", "data.target=price"]
     result = run_experiment([*(rows if data == "csv" else ["data=circle"]), "trainer.max_epochs=3", *QUIET])
     run = store.get_run(result.run_id)
-    (model,) = store.search_logged_models([run.info.experiment_id],
-                                          filter_string=f"source_run_id = '{run.info.run_id}'")
-    assert {metric.key: metric.value for metric in model.metrics} == run.data.metrics
+    assert linked_metrics(logged_model(store, run)) == run.data.metrics
     assert {"train/loss", "val/loss", "epoch", "time/fit_seconds"} <= run.data.metrics.keys()
     if data == "csv":
         assert {"test/r2", "closed_form/test/r2"} <= run.data.metrics.keys()

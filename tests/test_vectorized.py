@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import QUIET, cli, start
+from conftest import QUIET, cli, linked_metrics, logged_model, start
 from mlflow import MlflowClient
 
 from experiments import checkpoint
@@ -75,10 +75,9 @@ def assert_same_as_alone(args: list[str], isolated, grouped_line: str) -> dict:
         assert weights.keys() == single_weights.keys()
         for key, tensor in weights.items():
             assert torch.allclose(tensor, single_weights[key], atol=1e-4), (name, key)
-        (model,) = client.search_logged_models([run.info.experiment_id],
-                                               filter_string=f"source_run_id = '{run.info.run_id}'")
+        model = logged_model(client, run)
         assert model.name == "model"
-        assert {metric.key: metric.value for metric in model.metrics} == run.data.metrics  # the run's final values
+        assert linked_metrics(model) == run.data.metrics  # the run's final values
     return vectorized
 
 
