@@ -123,6 +123,29 @@ def test_a_signal_ends_the_run_killed_and_the_command_with_128_plus_its_number(s
     assert store.get_run(run.info.run_id).info.status == "KILLED"
 
 
+def test_a_signal_while_the_first_command_creates_the_store_leaves_a_store_the_next_command_uses(isolated):
+    from mlflow import MlflowClient  # not the store fixture: its client creates the store
+
+
+    process = start("-m", "experiments", "data=xor", "trainer.max_epochs=1", *QUIET)
+    database = isolated / "mlflow.db"
+    while not database.exists():
+        assert process.poll() is None, process.communicate()[1]
+        time.sleep(0.005)
+    time.sleep(0.3)  # amid MLflow's migrations, which take seconds: stopped there, they left a store nothing could open
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert f"SIGINT: stopping once the new MLflow store {database} is complete" in stderr.splitlines()
+    assert stderr.splitlines()[-1] == "error: stopped by SIGINT"
+
+    again = cli("-m", "experiments", "data=xor", "trainer.max_epochs=1", *QUIET)
+    assert again.returncode == 0, again.stderr
+    store = MlflowClient(f"sqlite:///{database}")
+    (run,) = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
+    assert run.info.status == "FINISHED"
+
+
 def test_a_run_stopped_before_its_first_checkpoint_says_to_run_it_again_not_to_resume_it(store):
     process = start("-m", "experiments", "data=circle", "trainer.max_epochs=100000",
                     "trainer.callbacks.last_checkpoint.interval=3600", *QUIET)

@@ -52,6 +52,8 @@ received_signal: int | None = None  # the signal that stopped this process, once
 signal_stop: BaseException | None = None  # what its handler raised: Stopped, Requeued or OutOfTime
 stop_reached = False  # whether signal_stop reached a stops_kept block as itself
 stop_dropped = False  # whether Python dropped signal_stop (deliver_dropped_stop)
+held_signal: int | None = None  # inside stops_held_back: the signal whose stop waits for the block's end
+holding: str | None = None  # inside stops_held_back: what its stop waits for, in words
 checkpoint_saved = False  # whether this process saved a training state (callbacks.LastCheckpoint sets it)
 WORKERS_GRACE_SECONDS = 20  # for the joblib launcher's workers to end their runs (schedulers wait 30 s to SIGKILL)
 
@@ -73,10 +75,15 @@ def signal_handler(stop: Callable[[int], NoReturn]) -> Callable:
     second Ctrl-C while stopping must not interrupt the clean-up), but for the one deliver_dropped_stop sends."""
 
     def handle(signum, frame):
-        global received_signal, signal_stop, stop_dropped
+        global received_signal, signal_stop, stop_dropped, held_signal
         if stop_dropped:
             stop_dropped = False
             raise signal_stop
+        if holding:
+            if held_signal is None:
+                held_signal = signum
+                print(f"{signal.Signals(signum).name}: stopping once {holding}", file=sys.stderr, flush=True)
+            return
         if received_signal is None:
             received_signal = signum
             try:
@@ -102,6 +109,22 @@ def deliver_dropped_stop(unraisable) -> None:
     again = threading.Timer(0.01, _thread.interrupt_main, (received_signal,))
     again.daemon = True
     again.start()
+
+
+@contextmanager
+def stops_held_back(until: str) -> Iterator[None]:
+    """Finish the block before a signal's stop, then stop: for work that a stop in its middle would leave broken for
+    good (MLflow creating a SQLite store: an interrupted migration leaves a schema that neither MLflow nor its
+    `mlflow db upgrade` can open). `until`: what the console is told the stop waits for."""
+    global holding, held_signal
+    holding = until
+    try:
+        yield
+    finally:
+        holding = None
+        signum, held_signal = held_signal, None
+        if signum is not None:
+            signal.raise_signal(signum)
 
 
 @contextmanager

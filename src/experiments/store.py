@@ -7,10 +7,10 @@ import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from experiments.errors import ConfigError
+from experiments.errors import ConfigError, stops_held_back
 
 SERVER_TIMEOUT_SECONDS = 5  # MLflow's own client retries an unreachable server for minutes
 
@@ -95,11 +95,15 @@ def environment_restored(*names: str) -> Iterator[None]:
 
 
 def experiment_id(tracking_uri: str, experiment_name: str) -> str:
-    """The id of the experiment named so, creating the store and the experiment when missing."""
+    """The id of the experiment named so, creating the store and the experiment when missing. A signal while a new
+    SQLite store is created stops the command once it is complete (stops_held_back): 1 to 2 s, MLflow's migrations."""
     import mlflow
 
     check_reachable(tracking_uri)
+    path = sqlite_path(tracking_uri)
     with one_process_at_a_time(tracking_uri):
-        client = mlflow.MlflowClient(tracking_uri)
-        experiment = client.get_experiment_by_name(experiment_name)
+        created = path is not None and (not path.exists() or path.stat().st_size == 0)
+        with stops_held_back(f"the new MLflow store {path} is complete") if created else nullcontext():
+            client = mlflow.MlflowClient(tracking_uri)
+            experiment = client.get_experiment_by_name(experiment_name)  # creates the store's tables
         return experiment.experiment_id if experiment else client.create_experiment(experiment_name)
