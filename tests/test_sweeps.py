@@ -1,8 +1,10 @@
 """Sweeps: a multirun is one MLflow parent run with a child run per job, summarised on the parent."""
 import json
 
+import pytest
 import yaml
 from conftest import QUIET, cli
+from mlflow.entities import ViewType
 
 TINY = ["data=xor", "trainer.max_epochs=2", *QUIET]
 
@@ -58,11 +60,38 @@ def test_the_objective_direction_picks_the_best_child(store):
     assert parent.data.metrics["best/val/accuracy"] == best.data.metrics["val/accuracy"]
 
 
-def test_an_objective_metric_that_was_not_recorded_is_one_line_naming_the_recorded_ones(store):
+def test_an_objective_metric_no_run_records_is_one_line_naming_those_it_can_before_anything_trains(isolated):
     result = cli("-m", "experiments", "objective.metric=val/nope", *TINY)
     assert result.returncode == 2
-    assert "error: objective.metric=val/nope was not recorded; recorded metrics: " in result.stderr
-    assert "val/loss" in result.stderr.splitlines()[-1]
+    assert result.stderr.splitlines()[-1].startswith(
+        "error: objective.metric=val/nope is not recorded by these runs: expected <stage>/<name> with the stage "
+        "train, val, test and the name loss, accuracy (the loss or a key of metrics)")
+    assert not (isolated / "mlflow.db").exists()  # no run opened
+
+
+@pytest.mark.parametrize("shared", [
+    ["trainer.max_epochs=0"], ["optimizer.lr=abc"], ["objective.direction=minimise"], ["objective.metric=val/acc"],
+    ["hydra/launcher=parallel", "hydra.launcher.n_jobs=0"],
+    ["hydra/launcher=vectorized", "hydra.launcher.max_group_size=0"],
+], ids=lambda shared: shared[-1])
+def test_a_value_every_job_shares_is_checked_once_before_the_sweep_starts(isolated, shared):
+    # as each job's: every job would fail alike, after the parent opened (and any other direction than minimize
+    # counted as maximize: the worst job would have been the best)
+    result = cli("-m", "experiments", "-m", "seed=0,1", *TINY, *shared)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: the sweep cannot start: {shared[-1]}"), line
+    assert not (isolated / "mlflow.db").exists()
+
+
+def test_a_sweep_whose_jobs_do_not_compose_leaves_no_run(store):
+    result = cli("-m", "experiments", "-m", "model=nosuch,mlp", *TINY)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: In 'config': Could not find 'model/nosuch'")
+    assert runs_of(store) == []
+    experiment_id = store.get_experiment_by_name("experiments").experiment_id
+    (parent,) = store.search_runs([experiment_id], run_view_type=ViewType.DELETED_ONLY)
+    assert parent.info.status == "FAILED"
 
 
 def test_a_failed_job_fails_the_sweep_and_its_parent_run(store):

@@ -11,7 +11,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import errors, store, sweep
-from experiments.cli import check_override_types, heavy_import, objective_value, reported_as_one_line, run_app
+from experiments.cli import (check_objective, check_override_types, heavy_import, objective_value,
+                             reported_as_one_line, run_app)
 from experiments.errors import worker_stops_on_signals
 from experiments.ranges import check_ranges
 
@@ -24,6 +25,7 @@ def objective(config: DictConfig) -> float:
           if in_slurm_job else nullcontext(), errors.stops_kept()):
         check_override_types(config)
         check_ranges(config)
+        check_objective(config)
         store.check_reachable(config.tracking.tracking_uri)  # in seconds, before torch and the data load
         run = heavy_import("experiments.run").run  # the heavy imports (torch, Lightning, MLflow) start here
         return objective_value(config, run(config).metrics)

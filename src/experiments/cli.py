@@ -48,6 +48,24 @@ def check_override_types(config: DictConfig) -> None:
             )
 
 
+STAGES = ("train", "val", "test")
+
+
+def check_objective(config: DictConfig) -> None:
+    """Refuse an objective whose metric no run records, or a direction other than minimize and maximize, before
+    anything trains: found at the end, the metric failed every job of a sweep after its training, and any other
+    direction picked the worst job as the best."""
+    metric, direction = config.objective.metric, config.objective.direction
+    if direction not in ("minimize", "maximize"):
+        raise ConfigError(f"objective.direction={direction}: expected minimize or maximize")
+    stage, _, name = metric.partition("/")
+    names = ["loss", *(key for key, value in config.metrics.items() if value is not None)]
+    if stage not in (*STAGES, "time", "model", "closed_form") or (stage in STAGES and name not in names):
+        raise ConfigError(f"objective.metric={metric} is not recorded by these runs: expected <stage>/<name> with "
+                          f"the stage {', '.join(STAGES)} and the name {', '.join(names)} (the loss or a key of "
+                          f"metrics), or one of the run's time/ or model/ values")
+
+
 def objective_value(config: DictConfig, metrics: dict[str, float]) -> float:
     """The final value of the objective's metric: what the app returns for Hydra's sweepers to optimise."""
     if config.objective.metric not in metrics:

@@ -71,6 +71,11 @@ RANGES = {
     "data.limit": Range(1, integer=True, also={None: "every image"}),
     "data.index_range": Range(0, integer=True, also={None: "every image"}),
     "data.std": POSITIVE,
+    # a sweep's launcher (checked when the sweep starts)
+    "hydra.launcher.n_jobs": Range(1, integer=True, also={-1: "one per CPU core"}),  # hydra/launcher=parallel
+    "hydra.launcher.max_group_size": Range(1, integer=True, also={None: "as many as the memory allows"}),
+    "hydra.launcher.memory_budget_mb": Range(0, low_open=True, also={None: "a share of the free memory"}),
+    "hydra.launcher.memory_fraction": Range(0, 1, low_open=True),
     "batch_size": COUNT,  # experiments.predict
     "tolerance.accuracy": Range(0),  # experiments.reproduce
     "tolerance.mse": Range(0),

@@ -26,7 +26,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from experiments import errors, store
-from experiments.cli import error_line, heavy_import
+from experiments.cli import check_objective, check_override_types, error_line, heavy_import
+from experiments.ranges import check_ranges
 
 PARENT_FILE = "mlflow_parent_run.json"
 
@@ -194,8 +195,13 @@ class ParentRun(Callback):
         self.run_id = self.tracking_uri = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        # The values every job shares (the config before the swept ones), checked once: each job would fail alike
         try:
             check_sweeper(config.hydra.sweeper)
+            HydraConfig.instance().set_config(config)  # where check_override_types reads the overrides
+            check_override_types(config)
+            check_ranges(config)
+            check_objective(config)
         except errors.ConfigError as error:
             stop_with_one_line("the sweep cannot start", error)
         try:
@@ -272,7 +278,19 @@ class ParentRun(Callback):
         return failed
 
     def end_at_exit(self) -> None:
+        """The sweep ended before its summary: stopped by a signal (KILLED), or failed. Failed before any job ran (an
+        override that does not parse or compose), its parent run is deleted too: a sweep that never started leaves
+        no empty run among the experiment's runs (Hydra's sweep folder keeps its multirun.yaml)."""
+        parent_run_id = self.run_id
         self.end("KILLED" if errors.received_signal else "FAILED")
+        if errors.received_signal or parent_run_id is None or self.run_id is not None:  # not ended: the store is away
+            return
+        import mlflow
+
+        client = mlflow.MlflowClient(self.tracking_uri)
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
+        if not client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=1):
+            client.delete_run(parent_run_id)
 
     def end(self, status: str) -> None:
         if self.run_id is not None and not store.unreachable(self.tracking_uri):
