@@ -37,6 +37,22 @@ def test_the_logged_model_carries_the_runs_final_metrics(store, tmp_path, data):
     assert len(losses) == 3 and len(set(losses)) == 3, "three epochs, each its own loss"
 
 
+@pytest.mark.parametrize("every", [3, 6])
+def test_the_loss_curves_draw_the_validation_at_the_epochs_it_ran(store, every):
+    from experiments import plots
+
+    result = run_experiment(["data=circle", "trainer.max_epochs=6", f"+trainer.check_val_every_n_epoch={every}",
+                             *QUIET])
+    figure, ax = plots.new_figure(6, 4)
+    plots.draw_loss_curves(ax, plots.loss_history(result.run_id))
+    train, val = ax.lines
+    assert list(train.get_xdata()) == [1, 2, 3, 4, 5, 6]
+    assert list(val.get_xdata()) == list(range(every, 7, every))
+    recorded = [m.value for m in sorted(store.get_metric_history(result.run_id, "val/loss"), key=lambda m: m.step)]
+    assert list(val.get_ydata()) == recorded
+    assert val.get_marker() == "o"  # a single point shows
+
+
 def test_a_run_that_raises_is_marked_failed(store, monkeypatch):
     def broken_step(self, batch, batch_idx):
         raise RuntimeError("broken on purpose")

@@ -39,16 +39,22 @@ def new_figure(width: float, height: float, columns: int = 1):
     return figure, figure.subplots(1, columns)
 
 
-def loss_history(run_id: str) -> dict[str, list[float]]:
-    """The run's per-epoch `train/loss` and `val/loss` as recorded in MLflow, in the order of their steps."""
+def loss_history(run_id: str) -> dict[str, dict[int, float]]:
+    """The run's `train/loss` and `val/loss` as recorded in MLflow, by epoch (from 1). Every epoch trains, so the
+    n-th step of `train/loss` is epoch n's; the validation's values are at the steps of the epochs that validated
+    (every `trainer.check_val_every_n_epoch`)."""
     client = mlflow.MlflowClient()
-    return {stage: [m.value for m in sorted(client.get_metric_history(run_id, f"{stage}/loss"), key=lambda m: m.step)]
-            for stage in ("train", "val")}
+    histories = {stage: client.get_metric_history(run_id, f"{stage}/loss") for stage in ("train", "val")}
+    epochs = {step: epoch for epoch, step in enumerate(sorted(m.step for m in histories["train"]), start=1)}
+    return {stage: dict(sorted((epochs[m.step], m.value) for m in history if m.step in epochs))
+            for stage, history in histories.items()}
 
 
-def draw_loss_curves(ax, losses: dict[str, list[float]]) -> None:
+def draw_loss_curves(ax, losses: dict[str, dict[int, float]]) -> None:
     for stage, values in losses.items():
-        ax.plot(range(1, len(values) + 1), values, label=stage)
+        # markers where the points are few: a validation every n epochs, or a single one, shows as dots
+        ax.plot(list(values), list(values.values()), label=stage, marker="o" if len(values) < 50 else None,
+                markersize=3)
     ax.set(xlabel="epoch", ylabel="loss", title="Loss")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
@@ -93,9 +99,10 @@ def draw_predicted_vs_actual(ax, model, datamodule) -> None:
     ax.legend(loc="upper left")
 
 
-def log_plots(model, datamodule, threshold: float, losses: dict[str, list[float]], output_dir: Path | None) -> list[str]:
+def log_plots(model, datamodule, threshold: float, losses: dict[str, dict[int, float]],
+              output_dir: Path | None) -> list[str]:
     """Draw the plots that fit this run, log each to the active MLflow run and save it to `output_dir`; return
-    their names. `losses`: the per-epoch losses by stage, as `loss_history` reads them."""
+    their names. `losses`: each stage's loss by epoch, as `loss_history` reads them."""
     with matplotlib.rc_context({"axes.titley": 1.0}):  # titles at the top, not measured (see the module's docstring)
         figures = draw_plots(model, datamodule, threshold, losses)
     folder = output_dir or Path(tempfile.mkdtemp())  # runs from Python have no output folder
@@ -106,7 +113,7 @@ def log_plots(model, datamodule, threshold: float, losses: dict[str, list[float]
     return list(figures)
 
 
-def draw_plots(model, datamodule, threshold: float, losses: dict[str, list[float]]) -> dict[str, Figure]:
+def draw_plots(model, datamodule, threshold: float, losses: dict[str, dict[int, float]]) -> dict[str, Figure]:
     """The figures that fit this run, by file name (see log_plots)."""
     model.eval()
     encoding = datamodule.target_encoding

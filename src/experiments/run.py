@@ -186,12 +186,12 @@ def open_run(config: DictConfig, choices, tags: dict[str, str] | None = None, re
 
 
 def record(config: DictConfig, task: Task, datamodule, results: dict[str, float], step: int,
-           losses: dict[str, list[float]] | None = None) -> dict[str, float]:
+           losses: dict[str, dict[int, float]] | None = None) -> dict[str, float]:
     """What a job records in its open MLflow run once trained: timings, model diagnostics, plots, the
     dataset's extras, model.pt and the MLflow model; `results` (the final metrics) plus what it adds.
     `step`: the run's last step (Task.last_step), where its final metrics are and these are logged: the MLflow
     model, logged at that step, links the metrics there (MLflow's LoggedModel), so it carries the run's final values.
-    `losses`: the per-epoch losses for the plots (plots.loss_history), when not read from the run."""
+    `losses`: each stage's loss by epoch for the plots (plots.loss_history), when not read from the run."""
     model = task.model
     model.cpu()  # plots and the logged model's example run on the CPU, whatever trained it
     if hasattr(model, "diagnostics"):

@@ -644,8 +644,8 @@ def record(config: DictConfig, job: Job, trained: Trained) -> dict[str, float]:
             # epochs)
             last = trained.history[-1][0]
             log_history(logger.run_id, [(step, values) for step, values in trained.history if step == last])
-            losses = {stage: [values[f"{stage}/loss"] for _, values in trained.history if f"{stage}/loss" in values]
-                      for stage in ("train", "val")}
+            losses = {stage: {int(values["epoch"]) + 1: values[f"{stage}/loss"] for _, values in trained.history
+                              if f"{stage}/loss" in values and "epoch" in values} for stage in ("train", "val")}
             results = run.record(config, task, datamodule, dict(trained.results), last, losses)
             log_history(logger.run_id, [(step, values) for step, values in trained.history if step != last])
     finally:
