@@ -64,6 +64,22 @@ def test_a_run_that_raises_is_marked_failed(store, monkeypatch):
     assert run.info.status == "FAILED"
 
 
+@pytest.mark.parametrize("given", ["config", "environment"])
+def test_a_folder_for_a_store_is_one_line_before_anything_trains(isolated, given):
+    # MLflow 3 refuses its file store with a paragraph, from inside the run's set-up, after the model summary
+    folder = "file:///tmp/mlruns" if given == "config" else "./mlruns"
+    overrides = [f"tracking.tracking_uri={folder}"] if given == "config" else []
+    result = cli("-m", "experiments", "data=xor", "trainer.max_epochs=1", *overrides, *QUIET,
+                 env={"MLFLOW_TRACKING_URI": folder} if given == "environment" else None)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: tracking.tracking_uri={folder} is a folder, MLflow's file store, which MLflow 3 "
+                           "no longer opens; use a SQLite file"), line
+    assert "MLFLOW_ALLOW_FILE_STORE=true" in line
+    assert result.stdout == ""  # nothing ran: no model summary, no run
+    assert not (isolated / "mlruns").exists()
+
+
 def test_tracking_uri_from_environment_and_from_config(tmp_path, monkeypatch):
     env_store = tmp_path / "elsewhere.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{env_store}")

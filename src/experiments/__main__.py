@@ -26,7 +26,7 @@ def objective(config: DictConfig) -> float:
         check_override_types(config)
         check_ranges(config)
         check_objective(config)
-        store.check_reachable(config.tracking.tracking_uri)  # in seconds, before torch and the data load
+        store.check_usable(config.tracking.tracking_uri)  # in seconds, before torch and the data load
         run = heavy_import("experiments.run").run  # the heavy imports (torch, Lightning, MLflow) start here
         return objective_value(config, run(config).metrics)
 

@@ -5,6 +5,7 @@ Only the standard library is imported here; MLflow loads when a store is first o
 import fcntl
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -61,6 +62,19 @@ def unreachable(tracking_uri: str, timeout: float = SERVER_TIMEOUT_SECONDS) -> O
     return None
 
 
+def check_usable(tracking_uri: str) -> None:
+    """A store MLflow refuses, or a server that does not answer, is one line, before anything trains. MLflow 3 refuses
+    a folder (its file store, `./mlruns` or `file://...`) with a paragraph from deep inside its client, unless
+    MLFLOW_ALLOW_FILE_STORE is set."""
+    scheme = urllib.parse.urlparse(tracking_uri).scheme
+    if scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
+        raise ConfigError(f"tracking.tracking_uri={tracking_uri} is a folder, MLflow's file store, which MLflow 3 "
+                          "no longer opens; use a SQLite file (sqlite:///<folder>/mlflow.db, the default) or a "
+                          "tracking server (http://<host>:5000), in tracking.tracking_uri or MLFLOW_TRACKING_URI; "
+                          "or set MLFLOW_ALLOW_FILE_STORE=true to use the folder anyway")
+    check_reachable(tracking_uri)
+
+
 def check_reachable(tracking_uri: str) -> None:
     """A tracking server that does not answer is one line naming it, within seconds, before anything trains."""
     if error := unreachable(tracking_uri):
@@ -99,7 +113,7 @@ def experiment_id(tracking_uri: str, experiment_name: str) -> str:
     SQLite store is created stops the command once it is complete (stops_held_back): 1 to 2 s, MLflow's migrations."""
     import mlflow
 
-    check_reachable(tracking_uri)
+    check_usable(tracking_uri)
     path = sqlite_path(tracking_uri)
     with one_process_at_a_time(tracking_uri):
         created = path is not None and (not path.exists() or path.stat().st_size == 0)
