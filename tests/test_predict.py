@@ -7,6 +7,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from conftest import QUIET, SHARED_DATA, cli
@@ -25,9 +26,11 @@ def test_saved_model_reloads_and_predicts_identically_and_pyfunc_gives_the_same_
     assert np.array_equal(np.asarray(pyfunc.predict(inputs.numpy())).argmax(axis=1), expected.argmax(dim=1).numpy())
 
 
-def test_predict_on_a_split_writes_csv_and_recomputes_the_logged_metrics(isolated, store):
-    result = run_experiment(["data=circle", "data.targets=index", "loss=cross_entropy", "model=layers",
-                             "trainer.max_epochs=2", *QUIET])
+@pytest.mark.parametrize("targets", ["index", "sign"])  # sign: the circle's own, ±1 targets and one output
+def test_predict_on_a_split_writes_csv_and_recomputes_the_logged_metrics(isolated, store, targets):
+    loss = ["loss=cross_entropy"] if targets == "index" else []
+    result = run_experiment(["data=circle", f"data.targets={targets}", *loss, "model=layers", "trainer.max_epochs=2",
+                             *QUIET])
     run = cli("-m", "experiments.predict", f"run_id={result.run_id}", "split=val", "output=val.csv", cwd=isolated)
     assert run.returncode == 0, run.stderr
     logged = store.get_run(result.run_id).data.metrics
@@ -36,7 +39,22 @@ def test_predict_on_a_split_writes_csv_and_recomputes_the_logged_metrics(isolate
     for key, value in printed.items():
         assert abs(float(value) - logged[key]) < 1e-4, key
     frame = pd.read_csv(isolated / "val.csv")
-    assert list(frame.columns) == ["sample", "label", "predicted", "output_0", "output_1"] and len(frame) == 200
+    outputs = ["output_0", "output_1"] if targets == "index" else ["output_0"]
+    assert list(frame.columns) == ["sample", "label", "predicted", *outputs] and len(frame) == 200
+    assert set(frame.label) == {0, 1} and set(frame.predicted) <= {0, 1}, "classes, whatever the targets' encoding"
+    assert abs((frame.label == frame.predicted).mean() - logged["val/accuracy"]) < 1e-6
+
+
+def test_predict_on_a_split_of_0_1_targets_writes_labels_and_the_classes_the_run_counted(isolated, store):
+    # REFERENCE.md D's baseline: MNIST threes (1) and sevens (0), its output a logit, a class 1 above 0
+    result = run_experiment(["model=mean_baseline", "data=mnist_3v7", *QUIET])
+    run = cli("-m", "experiments.predict", f"run_id={result.run_id}", "split=val", cwd=isolated)
+    assert run.returncode == 0, run.stderr
+    frame = pd.read_csv(isolated / "predictions.csv")
+    assert list(frame.columns) == ["sample", "label", "predicted", "output_0"] and len(frame) == 2038
+    assert (frame.label == 1).sum() == 1010, "the MNIST test set's threes"
+    assert np.array_equal(frame.predicted, frame.output_0 > 0)
+    logged = store.get_run(result.run_id).data.metrics
     assert abs((frame.label == frame.predicted).mean() - logged["val/accuracy"]) < 1e-6
 
 
@@ -115,6 +133,18 @@ def test_a2_predicts_raw_rows_through_its_preprocessing_alike_in_the_cli_the_api
     assert list(from_api.columns) == list(from_pyfunc.columns) == ["predicted"]
     assert np.allclose(from_api.predicted, frame.predicted, atol=1e-4)
     assert np.allclose(from_pyfunc.predicted, frame.predicted, atol=1e-4)
+
+
+def test_predict_on_a_split_of_a_tabular_run_writes_the_target_and_the_predicted_value(isolated, store):
+    result = run_experiment(["data=house_prices", "model=mlp", "trainer.max_epochs=3", *QUIET])
+    run = cli("-m", "experiments.predict", f"run_id={result.run_id}", "split=test", cwd=isolated)
+    assert run.returncode == 0, run.stderr
+    frame = pd.read_csv(isolated / "predictions.csv")
+    assert list(frame.columns) == ["sample", "MEDV", "predicted"] and len(frame) == 101, "as for raw rows"
+    assert frame.MEDV.isin(pd.read_csv(BOSTON).MEDV).all()
+    logged = store.get_run(result.run_id).data.metrics
+    assert abs(((frame.predicted - frame.MEDV) ** 2).mean() / logged["test/mse"] - 1) < 1e-5
+    assert abs((frame.predicted - frame.MEDV).abs().mean() - logged["test/mae"]) < 1e-4
 
 
 def test_rows_with_text_unseen_categories_and_no_target_predict_and_missing_columns_are_one_line(isolated):

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from experiments import checkpoint
 from experiments.cli import reported_as_one_line, run_app
 from experiments.errors import ConfigError
-from experiments.metrics import predicted_labels
+from experiments.metrics import predicted_labels, true_labels
 from experiments.ranges import check_ranges
 from experiments.task import STAGES, predict
 
@@ -88,12 +88,22 @@ def read_inputs(path: str, input_shape) -> tuple[torch.Tensor, pd.Series | None]
         ) from error
 
 
-def predictions(outputs: torch.Tensor, encoding: str) -> pd.DataFrame:
-    """One row per sample: `predicted` (the class, for class index, one-hot or ±1 targets), then the outputs.
-    (The class of 0/1 targets depends on the loss: a threshold on probabilities or on logits.)"""
+def predictions(outputs: torch.Tensor, encoding: str, threshold: float) -> pd.DataFrame:
+    """One row per sample: `predicted` (the class), then the outputs. The class of 0/1 targets is an output above
+    `threshold`, which depends on the loss: 0.5 on probabilities, 0 on logits."""
     frame = pd.DataFrame(outputs.numpy(), columns=[f"output_{i}" for i in range(outputs.shape[1])])
-    if encoding in ("index", "onehot", "sign"):
-        frame.insert(0, "predicted", predicted_labels(outputs, encoding).numpy())
+    frame.insert(0, "predicted", predicted_labels(outputs, encoding, threshold).numpy())
+    return frame
+
+
+def split_predictions(datamodule, split: str, outputs: torch.Tensor, threshold: float) -> pd.DataFrame:
+    """A split's predictions: `label` (each target's class), then those of `predictions`; a tabular model's as for its
+    raw rows (`predict_rows`): the target under its name, then `predicted` in the target's units."""
+    targets, encoding = getattr(datamodule, split).targets, datamodule.target_encoding
+    if datamodule.preprocessing is not None:
+        return pd.DataFrame({datamodule.target_name: targets[:, 0].numpy(), "predicted": outputs[:, 0].numpy()})
+    frame = predictions(outputs, encoding, threshold)
+    frame.insert(0, "label", true_labels(targets, encoding).numpy())
     return frame
 
 
@@ -109,11 +119,13 @@ def run(config: DictConfig) -> pd.DataFrame:
         return frame
     datamodule = instantiate(saved["config"]["data"])
     encoding = datamodule.target_encoding
+    # the class of 0/1 targets as the run's accuracy counted it (0.5 without one, as its plots)
+    threshold = (saved["config"]["metrics"].get("accuracy") or {}).get("threshold", 0.5)
     if config.input is not None:
         if not isinstance(datamodule.train.inputs, torch.Tensor):
             raise ConfigError(f"input={config.input}: the model takes several inputs; predict on a split instead")
         inputs, labels = read_inputs(config.input, saved["input_shape"])
-        frame = predictions(predict(model, datamodule.normalize(inputs), config.batch_size), encoding)
+        frame = predictions(predict(model, datamodule.normalize(inputs), config.batch_size), encoding, threshold)
         if labels is not None:
             frame.insert(0, "label", labels)
     else:
@@ -121,9 +133,7 @@ def run(config: DictConfig) -> pd.DataFrame:
             raise ConfigError(f"split={config.split}: the dataset has the splits "
                               f"{', '.join(s for s in STAGES if getattr(datamodule, s, None) is not None)}")
         outputs, metrics = evaluate(saved["config"], model, datamodule, config.split, config.batch_size)
-        frame = predictions(outputs, encoding)
-        if encoding == "index":
-            frame.insert(0, "label", getattr(datamodule, config.split).targets.numpy())
+        frame = split_predictions(datamodule, config.split, outputs, threshold)
         print("  ".join(f"{key} {value:.4f}" for key, value in metrics.items()))
     frame.to_csv(config.output, index_label="sample")
     print(f"wrote {len(frame)} predictions to {config.output}")
