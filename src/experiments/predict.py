@@ -1,8 +1,9 @@
 """`python -m experiments.predict run_id=... [split=test | input=FILE] [output=predictions.csv]`.
 
 Rebuilds a trained model from its model.pt (see checkpoint.py), predicts on a split of the dataset it
-was trained on (also printing that split's loss and metrics, which equal the ones logged at training
-time) or on a CSV or IDX file of inputs, and writes the predictions to a CSV file.
+was trained on (also printing that split's loss and metrics: val's and test's equal the ones logged at
+training time, train's are the final model's, not the logged mean over the last epoch's changing weights)
+or on a CSV or IDX file of inputs, and writes the predictions to a CSV file.
 """
 from pathlib import Path
 
