@@ -147,6 +147,23 @@ def test_predict_on_a_split_of_a_tabular_run_writes_the_target_and_the_predicted
     assert abs((frame.predicted - frame.MEDV).abs().mean() - logged["test/mae"]) < 1e-4
 
 
+def test_a_run_on_a_csv_named_by_a_relative_path_predicts_from_another_folder(isolated, store):
+    rng = np.random.default_rng(0)
+    size = rng.uniform(50, 250, 60)
+    pd.DataFrame({"size": size, "price": 2.0 * size + rng.normal(0, 5, 60)}).to_csv(isolated / "my.csv", index=False)
+    result = run_experiment(["data=csv", "data.path=my.csv", "data.target=price", "trainer.max_epochs=5", *QUIET])
+
+    (isolated / "elsewhere").mkdir()
+    run = cli("-m", "experiments.predict", f"run_id={result.run_id}", "split=val",
+              f"tracking.tracking_uri=sqlite:///{isolated}/mlflow.db", cwd=isolated / "elsewhere")
+    assert run.returncode == 0, run.stderr
+    logged = store.get_run(result.run_id).data
+    printed = dict(zip(*[iter(run.stdout.splitlines()[0].split())] * 2))
+    assert abs(float(printed["val/mse"]) / logged.metrics["val/mse"] - 1) < 1e-5
+    assert list(pd.read_csv(isolated / "elsewhere" / "predictions.csv").columns) == ["sample", "price", "predicted"]
+    assert logged.params["data.path"] == str(isolated / "my.csv"), "recorded as the file's absolute path"
+
+
 def test_rows_with_text_unseen_categories_and_no_target_predict_and_missing_columns_are_one_line(isolated):
     rng = np.random.default_rng(0)
     size, garden = rng.uniform(50, 250, 120), rng.choice(["yes", "no"], 120)

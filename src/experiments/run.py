@@ -61,6 +61,15 @@ def output_dir() -> Path | None:
     return None if OmegaConf.is_missing(runtime, "output_dir") else Path(runtime.output_dir)
 
 
+def make_data_path_absolute(config: DictConfig) -> None:
+    """Set a relative `data.path` (a dataset's file) to its absolute path, resolved against the folder the command was
+    started in: the run records it so (params, config.yaml, model.pt), and predict and resume find the file from any
+    folder."""
+    path = OmegaConf.select(config, "data.path")
+    if path is not None and not Path(path).is_absolute():
+        config.data.path = str(Path(HydraConfig.get().runtime.cwd, path))
+
+
 def is_first_process(trainer: L.Trainer) -> bool:
     """Whether this process reports the run. A run of several processes (DDP) runs this program in
     each; the first one (global rank 0) opens the MLflow run, logs, plots and prints. Read from the
@@ -220,6 +229,7 @@ def run(config: DictConfig) -> Result:
     resumed = resume.interrupted_run(config) if config.get("resume") else resume.requeued_run(config)
     if resumed:
         config = resumed.config
+    make_data_path_absolute(config)
     task, datamodule = build(config)
     model = task.model
     progress = [instantiate(config.progress)] if config.trainer.enable_progress_bar else []
