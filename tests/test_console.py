@@ -116,16 +116,19 @@ def test_progress_bar_over_epochs_on_a_terminal(tmp_path):
 
 
 def test_a_sweep_launched_in_a_new_folder_prints_no_library_chatter(tmp_path):
-    # the launching process creates the store (the sweep's parent run) and, vectorised, builds the trainers
-    for launcher in ("basic", "vectorized"):
+    # the launching process creates the store (the sweep's parent run) and, vectorised, builds the trainers;
+    # parallel, the jobs run in worker processes of their own
+    for launcher in ("basic", "vectorized", "parallel"):
         folder = tmp_path / launcher
         folder.mkdir()
         result = cli("-m", "experiments", "-m", f"hydra/launcher={launcher}", "seed=0,1", "data=xor",
                      "trainer.max_epochs=1", "trainer.enable_progress_bar=false", cwd=folder)
         assert result.returncode == 0, result.stderr
-        for chatter in (*CHATTER, "GPU available", "Running upgrade"):
+        # Lightning's hint to use srun wherever SLURM is installed (as on the test machine): a single run logs it
+        for chatter in (*CHATTER, "GPU available", "Running upgrade", "The `srun` command is available"):
             assert chatter not in result.stdout + result.stderr, (launcher, chatter)
         assert "2 jobs" in result.stdout + result.stderr  # the sweep's own lines stay
-        # each job's results, the jobs' one model summarised once
+        # each job's results, the jobs' one model summarised once (by each worker process, parallel)
         assert result.stdout.count("xor · mlp · 1 epochs") == 2, (launcher, result.stdout)
-        assert result.stdout.count("Trainable params") == 1, (launcher, result.stdout)
+        if launcher != "parallel":
+            assert result.stdout.count("Trainable params") == 1, (launcher, result.stdout)

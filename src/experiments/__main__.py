@@ -4,6 +4,7 @@ Only Hydra and OmegaConf load at start-up; torch, Lightning and MLflow load when
 `--help` and `--cfg job` stay fast.
 """
 import os
+import warnings
 from contextlib import nullcontext
 
 import hydra
@@ -11,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import errors, store, sweep
-from experiments.cli import (check_objective, check_override_types, heavy_import, objective_value,
+from experiments.cli import (check_objective, check_override_types, heavy_import, log_warning, objective_value,
                              reported_as_one_line, run_app)
 from experiments.errors import worker_stops_on_signals
 from experiments.ranges import check_ranges
@@ -42,6 +43,8 @@ def app(config: DictConfig) -> float | None:
     if job is None:
         with reported_as_one_line():
             return objective(config)
+    # a worker process (hydra/launcher=parallel, slurm) did not start in run_app: its warnings are logged the same way
+    warnings.showwarning = log_warning
     with worker_stops_on_signals():  # a job in a worker process of hydra/launcher=parallel
         try:
             return objective(config)
