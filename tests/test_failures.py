@@ -14,7 +14,7 @@ from conftest import QUIET, ROOT, assert_continued_as_uninterrupted, cli, logged
 
 from test_sweeps import parent_and_children
 
-# lr=10 on MEDV's own units: nan in epoch 1
+# lr=10 on MEDV's own units: nan in the second epoch (epoch 1, counted from 0)
 DIVERGING = ["data=house_prices", "data.standardize_target=false", "optimizer=sgd", "scheduler=constant", *QUIET]
 
 
@@ -75,9 +75,13 @@ def test_an_optuna_trial_that_fails_is_a_failed_trial_and_the_search_goes_on(sto
 
 
 def test_a_run_whose_loss_becomes_nan_fails_at_that_epoch_in_one_line(store):
-    result = cli("-m", "experiments", "optimizer.lr=10", "trainer.max_epochs=30", *DIVERGING)
+    result = cli("-m", "experiments", "optimizer.lr=10", "trainer.max_epochs=30", *DIVERGING,
+                 "trainer.enable_progress_bar=true")
     assert result.returncode == 2
-    error = "error: training diverged: train/loss = nan at epoch 1 is not finite; try a lower optimizer.lr"
+    # the error names the epoch after the last one the progress reported, as the progress names epochs
+    (progress,) = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert progress.startswith("epoch 1/30 · train/loss "), progress
+    error = "error: training diverged: train/loss = nan at epoch 2/30 is not finite; try a lower optimizer.lr"
     assert result.stderr.splitlines()[-1] == error
 
     (run,) = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])

@@ -27,7 +27,7 @@ class StopOnDivergence(EarlyStopping):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         if self.stopping_reason in (EarlyStoppingReason.NON_FINITE_METRIC, EarlyStoppingReason.DIVERGENCE_THRESHOLD):
-            raise self.error(float(trainer.callback_metrics[self.monitor]), trainer.current_epoch)
+            raise self.error(float(trainer.callback_metrics[self.monitor]), trainer.current_epoch, trainer.max_epochs)
 
     def diverged(self, values: torch.Tensor) -> torch.Tensor:
         """Which of several runs' values of the monitored metric (one per job of a vectorised group,
@@ -37,10 +37,13 @@ class StopOnDivergence(EarlyStopping):
             stop |= self.monitor_op(-values, -self.divergence_threshold)
         return stop
 
-    def error(self, value: float, epoch: int) -> Diverged:
+    def error(self, value: float, epoch: int, max_epochs: int) -> Diverged:
+        """The run's error: `value` of the monitored metric in `epoch` (counted from 0, as Lightning counts), named as
+        the progress lines name it (`epoch 2/3`)."""
         limit = "not finite" if not torch.isfinite(torch.tensor(value)) else (
             f"past trainer.callbacks' divergence_threshold {self.divergence_threshold:g}")
-        return Diverged(f"training diverged: {self.monitor} = {value:g} at epoch {epoch} is {limit}; "
+        of = f"/{max_epochs}" if max_epochs > 0 else ""  # -1: epochs unlimited (trainer.max_steps stops the run)
+        return Diverged(f"training diverged: {self.monitor} = {value:g} at epoch {epoch + 1}{of} is {limit}; "
                         "try a lower optimizer.lr")
 
 

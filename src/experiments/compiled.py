@@ -182,7 +182,7 @@ class CompiledFit:
                     task.record_values(values, epoch, step=(epoch + 1) * steps - 1)
                     for stopper in stoppers:
                         if stopper.monitor in values and stopper.diverged(values[stopper.monitor]):
-                            raise stopper.error(float(values[stopper.monitor]), epoch)
+                            raise stopper.error(float(values[stopper.monitor]), epoch, trainer.max_epochs)
             finally:
                 if trainer.logger is not None:  # sent, a failed run's too, as Lightning's loop has its logger do at its end
                     trainer.logger.save()

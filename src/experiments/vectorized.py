@@ -516,7 +516,7 @@ class Group:
                 if stopper.monitor in values:
                     for position in (stopper.diverged(values[stopper.monitor]) & running).nonzero().flatten().tolist():
                         value = float(values[stopper.monitor][position])
-                        diverged[position] = (stopper.error(value, epoch), len(history))
+                        diverged[position] = (stopper.error(value, epoch, epochs), len(history))
                         running[position] = False
             if not running.any():
                 break
