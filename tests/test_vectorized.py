@@ -324,9 +324,19 @@ def assert_killed_with_its_epochs(client: MlflowClient, run, stderr: str, isolat
     return command
 
 
+def assert_not_resumed(run, command: list[str]) -> None:
+    """`resume=` a job of a stopped group: refused in a line saying why, with the command its stop line gave."""
+    result = cli("-m", "experiments", f"resume={run.info.run_id}")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"error: resume={run.info.run_id}: trained in a vectorised group, which keeps no checkpoint, it cannot be "
+        f"resumed; run it again with: {shlex.join(['python', *command])}")
+
+
 def test_a_signal_stops_a_training_group_with_each_job_recorded_killed_and_no_run_left_running(isolated):
     # SGD at lr 10 on MEDV's own units diverges in epoch 1 (as above): that job fails; the two others train until the
-    # signal, then each is a KILLED child with the epochs it completed
+    # signal, then each is a KILLED child with the epochs it completed, which resume= refuses with the command to run
+    # it again
     client, stderr = stopped_while_training(
         [*VECTORIZED, "data=house_prices", "data.standardize_target=false", "optimizer=sgd", "scheduler=constant",
          "optimizer.lr=10,0.001,0.002"], "vectorized: 3 of 3 jobs in 1 group(s)", isolated)
@@ -339,7 +349,8 @@ def test_a_signal_stops_a_training_group_with_each_job_recorded_killed_and_no_ru
     for lr in ("0.001", "0.002"):
         run = jobs[f"optimizer.lr={lr}"]
         assert run.data.params["optimizer.lr"] == lr and run.data.params["data.standardize_target"] == "False"
-        assert_killed_with_its_epochs(client, run, stderr, isolated)
+        command = assert_killed_with_its_epochs(client, run, stderr, isolated)
+    assert_not_resumed(run, command)
 
 
 def test_a_signal_stops_a_batch_of_optuna_trials_each_killed_and_runnable_again_alone(isolated):
@@ -374,4 +385,6 @@ def test_a_signal_while_a_group_is_recorded_kills_each_job_not_recorded_with_its
         for key in ("epoch", "train/loss", "val/loss"):  # every epoch the group trained, once
             steps = [step for step, _ in history(client, run, key)]
             assert steps == [step for step, _ in history(client, finished, key)], (seed, key)
-        assert_killed_with_its_epochs(client, run, stderr, isolated)
+        command = assert_killed_with_its_epochs(client, run, stderr, isolated)
+        if seed == 1:  # the run cut short, which its recording had opened
+            assert_not_resumed(run, command)

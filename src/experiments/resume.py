@@ -26,6 +26,8 @@ from experiments.errors import ConfigError
 
 CHECKPOINT = "last.ckpt"
 UNSENT_METRICS = "unsent_metrics.json"  # beside it: metrics a lost tracking server did not get (tracking.EpochLogger)
+# The tag of a job trained in a vectorised group, which keeps no checkpoint: the command that runs the job again
+RERUN_TAG = "vectorized.rerun_command"
 
 
 @dataclass
@@ -74,6 +76,9 @@ def interrupted_run(config: DictConfig, requeued: bool = False) -> Interrupted:
     if run.info.status == "RUNNING" and not requeued and is_alive(tags):
         raise ConfigError(f"resume={run_id}: the run is still training (process {tags.get('process.pid')} on "
                           f"{tags.get('process.host')}); stop it first")
+    if RERUN_TAG in tags:
+        raise ConfigError(f"resume={run_id}: trained in a vectorised group, which keeps no checkpoint, it cannot be "
+                          f"resumed; run it again with: {tags[RERUN_TAG]}")
     checkpoint = Path(tags.get("checkpoint.dir", "")) / CHECKPOINT
     if "checkpoint.dir" not in tags or not (checkpoint.is_file() or requeued):
         raise ConfigError(f"resume={run_id}: no checkpoint at {checkpoint} (one is saved at an epoch's end once a second has passed: "

@@ -32,7 +32,7 @@ from mlflow.entities import Metric as LoggedMetric
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from torch.func import functional_call, stack_module_state, vmap
 
-from experiments import run, store, sweep, tracking
+from experiments import resume, run, store, sweep, tracking
 from experiments.callbacks import StopOnDivergence
 from experiments.cli import check_override_types
 from experiments.errors import Diverged
@@ -608,7 +608,7 @@ def record_stopped(group: Group) -> None:
                 store.use(uri)
                 opened = mlflow.start_run(cut_short.info.run_id)
             else:
-                opened = run.open_run(config, HydraConfig.get().runtime.choices)
+                opened = run.open_run(config, HydraConfig.get().runtime.choices, {resume.RERUN_TAG: again})
             with opened:
                 run_id = mlflow.active_run().info.run_id
                 if cut_short:  # what start_run logs first, which the signal may have interrupted
@@ -635,7 +635,7 @@ def record(config: DictConfig, job: Job, trained: Trained) -> dict[str, float]:
     print_model_summary(trained.summary)
     choices = HydraConfig.get().runtime.choices
     try:
-        with run.open_run(config, choices) as logger:
+        with run.open_run(config, choices, {resume.RERUN_TAG: rerun_command(job)}) as logger:
             mlflow.log_text(trained.summary, "model_summary.txt")
             if trained.error:  # its run ends FAILED with the error's line, as a single run's does
                 log_history(logger.run_id, trained.history)
