@@ -221,6 +221,23 @@ def test_another_trainer_option_lightning_refuses_is_one_line_in_its_words(tmp_p
     assert not (tmp_path / "mlflow.db").exists(), "no MLflow run opened"
 
 
+@pytest.mark.parametrize("override, expected", [
+    ("+trainer.gradient_clip_val=1.0",
+     "trainer.gradient_clip_val=1.0 does not apply: the task optimizes manually (each Lightning step takes a whole "
+     "epoch's batches), and Lightning clips gradients only in automatic optimization; remove it (a callback's "
+     "on_before_optimizer_step hook can clip them instead)"),
+    ("+trainer.accumulate_grad_batches=2",
+     "trainer.accumulate_grad_batches=2 does not apply: the task optimizes manually (each Lightning step takes a whole "
+     "epoch's batches), and Lightning accumulates gradients only in automatic optimization; remove it, and for steps "
+     "of as many samples multiply data.batch_size by 2"),
+], ids=["gradient_clip_val", "accumulate_grad_batches"])
+def test_a_trainer_option_of_automatic_optimization_only_is_one_line_before_a_run_opens(tmp_path, override, expected):
+    result = cli("-m", "experiments", "data=xor", "trainer.max_epochs=1", override, *QUIET, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {expected}"], result.stderr
+    assert not (tmp_path / "mlflow.db").exists(), "no MLflow run opened"
+
+
 def test_values_are_checked_in_the_python_api_and_in_predict(tmp_path):
     from experiments.api import run_experiment
     from experiments.errors import ConfigError

@@ -158,7 +158,7 @@ def build_trainer(options: DictConfig, extra_callbacks: list[L.Callback]) -> L.T
     callbacks = [instantiate(callback) for callback in (options.pop("callbacks", None) or {}).values()
                  if callback is not None]
     try:
-        return instantiate(options, logger=False, callbacks=[*callbacks, *extra_callbacks])
+        trainer = instantiate(options, logger=False, callbacks=[*callbacks, *extra_callbacks])
     except InstantiationException as error:
         problem = accelerator_problem(options.get("accelerator"))
         if problem is None and isinstance(error.__cause__, MisconfigurationException):  # any other option it refuses
@@ -167,6 +167,22 @@ def build_trainer(options: DictConfig, extra_callbacks: list[L.Callback]) -> L.T
         if problem is None:
             raise
         raise ConfigError(problem) from error
+    check_manual_optimization(trainer)
+    return trainer
+
+
+def check_manual_optimization(trainer: L.Trainer) -> None:
+    """Refuse the trainer options that only Lightning's automatic optimization has: the task optimizes manually (a
+    step takes a whole epoch's batches, see Task), which Lightning refuses them for only once fit starts, in the run."""
+    manual = ("does not apply: the task optimizes manually (each Lightning step takes a whole epoch's batches), and "
+              "Lightning {} only in automatic optimization")
+    if trainer.gradient_clip_val:  # None or 0: no clipping
+        raise ConfigError(f"trainer.gradient_clip_val={trainer.gradient_clip_val} {manual.format('clips gradients')}; "
+                          "remove it (a callback's on_before_optimizer_step hook can clip them instead)")
+    if trainer.accumulate_grad_batches != 1:
+        raise ConfigError(f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} "
+                          f"{manual.format('accumulates gradients')}; remove it, and for steps of as many samples "
+                          f"multiply data.batch_size by {trainer.accumulate_grad_batches}")
 
 
 def accelerator_problem(name) -> str | None:
