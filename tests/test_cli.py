@@ -118,6 +118,28 @@ def test_model_that_does_not_fit_the_targets_fails_before_training(tmp_path):
     assert not (tmp_path / "mlflow.db").exists(), "no MLflow run should be opened for a config that cannot train"
 
 
+@pytest.mark.parametrize("overrides, expected", [
+    (["model=layers", "model.forward=x.flatten.hidden.relu"],  # no output layer: 32 outputs, which MSE broadcasts
+     "the model and loss do not fit the data: the loss MSELoss compares each output with its target, but their shapes "
+     "differ (outputs (10, 32), targets (10, 1) torch.float32 (sign encoding)); make the model's last layer give the "
+     "data's 1 output(s) per sample"),
+    (["data=mnist", "data.limit=300", "data.batch_size=10", "loss=mse"],  # 10 outputs against one class number
+     "the model and loss do not fit the data: the loss MSELoss compares each output with its target, but their shapes "
+     "differ (outputs (10, 10), targets (10,) torch.int64 (index encoding)); use loss=cross_entropy, or "
+     "data.targets=onehot"),
+    (["data=xor", "+metrics.acc2={_target_:torchmetrics.Accuracy,task:binary}"],  # fails at an epoch's end
+     "metrics.acc2 does not fit the data (outputs (4, 2), targets (4,) torch.int64 (index encoding)): Predictions and "
+     "targets are expected to have the same shape, but got torch.Size([4, 2]) and torch.Size([4]); change it, or drop "
+     "it with metrics.acc2=null"),
+], ids=["outputs-broadcast", "index-targets-broadcast", "metric"])
+def test_a_loss_or_metric_whose_shapes_do_not_fit_the_data_is_one_line_before_a_run_opens(tmp_path, overrides,
+                                                                                          expected):
+    result = cli("-m", "experiments", *overrides, "trainer.max_epochs=2", *QUIET, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {expected}"], result.stderr
+    assert not (tmp_path / "mlflow.db").exists(), "no MLflow run opened"
+
+
 def test_user_config_folder_on_the_search_path(tmp_path):
     (tmp_path / "my_conf" / "model").mkdir(parents=True)
     (tmp_path / "my_conf" / "model" / "wide.yaml").write_text(

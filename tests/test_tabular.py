@@ -152,6 +152,16 @@ def test_a_metric_set_to_null_is_dropped_and_the_others_are_recorded(tmp_path):
     assert not {"train/r2", "val/r2"} & set(result.metrics)
 
 
+def test_a_torchmetrics_metric_given_in_place_of_a_presets_function_metric_is_built_and_recorded(tmp_path):
+    # +metrics.r2=... merges into metrics=regression's r2, whose `_partial_: true` the Metric class then has
+    path = write_csv(tmp_path / "houses.csv", n_rows=100)
+    result = run_experiment(["data=csv", f"data.path={path}", "data.target=price", "trainer.max_epochs=3",
+                             "+metrics.r2={_target_:torchmetrics.R2Score}",
+                             "+metrics.r2_function={_target_:experiments.metrics.r2,_partial_:true}", *QUIET])
+    for stage in ("train", "val", "test"):
+        assert result.metrics[f"{stage}/r2"] == pytest.approx(result.metrics[f"{stage}/r2_function"], abs=1e-5)
+
+
 def test_preprocessing_is_fitted_on_the_training_rows_only(tmp_path):
     frame = pd.DataFrame({"x": np.arange(50.0), "colour": ["red", "blue"] * 25, "price": np.arange(50.0) + 1})
     frame.to_csv(tmp_path / "first.csv", index=False)

@@ -1,4 +1,5 @@
 """One experiment run: build data, model and task from the config, train, test, track, report."""
+import functools
 import os
 import tempfile
 import time
@@ -21,6 +22,7 @@ from lightning.pytorch.accelerators import AcceleratorRegistry, CPUAccelerator
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
+from torchmetrics import Metric
 
 from experiments import checkpoint, models, plots, resume, store, sweep, tracking
 from experiments.callbacks import LastCheckpoint
@@ -39,20 +41,49 @@ class Result:
     preprocessing: object | None  # a tabular run's RowPreprocessing (data/tabular.py): raw rows to inputs
 
 
+# Losses that take class numbers (index targets) or class probabilities (onehot): any other loss, and every metric
+# of targets in another encoding, compares each output with its target, so outputs need the targets' shape there
+CLASS_LOSSES = (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss)
+
+
 def check_one_batch(task: Task, datamodule) -> None:
-    """Run the model and loss on one training batch, so a model, loss or target encoding that does not
-    fit the data fails here, in one line, before a run is opened or any training starts."""
+    """Run the model, loss and metrics on one training batch, so a model, loss, metric or target encoding that does
+    not fit the data fails here, in one line, before a run is opened or any training starts."""
     first_step = datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
     inputs, targets = next(first_step)
+    encoding = datamodule.target_encoding
+    shapes = f"targets {tuple(targets.shape)} {targets.dtype} ({encoding} encoding)"
     try:
         with torch.no_grad():
-            task.loss(apply(task.model, inputs), targets)
+            outputs = apply(task.model, inputs)
+            shapes = f"outputs {tuple(outputs.shape)}, {shapes}"
+            # before the loss, which may broadcast them with no more than a warning
+            if outputs.shape != targets.shape and not (encoding == "index" and isinstance(task.loss, CLASS_LOSSES)):
+                loss = task.loss.func.__name__ if isinstance(task.loss, functools.partial) else type(task.loss).__name__
+                fix = ("use loss=cross_entropy, or data.targets=onehot" if encoding == "index" else
+                       f"make the model's last layer give the data's {datamodule.num_outputs} output(s) per sample")
+                raise ConfigError(f"the model and loss do not fit the data: the loss {loss} compares each output with "
+                                  f"its target, but their shapes differ ({shapes}); {fix}")
+            task.loss(outputs, targets)
     except (RuntimeError, ValueError, IndexError) as error:
         detail = str(error).splitlines()[0]
         raise ConfigError(
-            f"the model and loss do not fit the data: inputs {datamodule.input_shape}, targets "
-            f"{tuple(targets.shape)} {targets.dtype} ({datamodule.target_encoding} encoding): {detail}"
+            f"the model and loss do not fit the data: inputs {datamodule.input_shape}, {shapes}: {detail}"
         ) from error
+    # as an epoch's end computes them (Task.epoch_values), on copies of the Metric objects, whose state is the run's
+    metrics = {**task.metrics, **task.epoch_metrics["train_metrics"]}
+    for name, metric in metrics.items():
+        try:
+            if isinstance(metric, Metric):
+                metric = metric.clone()
+                metric.update(outputs, targets)
+                metric.compute()
+            else:
+                metric(outputs, targets)
+        except (RuntimeError, ValueError, IndexError, TypeError) as error:
+            detail = str(error).splitlines()[0].rstrip(".")
+            raise ConfigError(f"metrics.{name} does not fit the data ({shapes}): {detail}; change it, or drop it "
+                              f"with metrics.{name}=null") from error
 
 
 def output_dir() -> Path | None:
