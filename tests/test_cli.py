@@ -260,6 +260,20 @@ def test_a_trainer_option_of_automatic_optimization_only_is_one_line_before_a_ru
     assert not (tmp_path / "mlflow.db").exists(), "no MLflow run opened"
 
 
+@pytest.mark.parametrize("override, expected", [
+    ("+optimizer.betas=[2,0.9]", "betas=[2, 0.9]): Invalid beta parameter at index 0: 2; change the one it names"),
+    ("+optimizer.beta=0.9",
+     "beta=0.9): Adam.__init__() got an unexpected keyword argument 'beta'; change the one it names"),
+], ids=["bad-value", "misspelt"])
+def test_optimizer_options_torch_refuses_are_one_line_before_a_run_opens(tmp_path, override, expected):
+    result = cli("-m", "experiments", "data=xor", "trainer.max_epochs=1", override, *QUIET, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: torch's Adam refuses the optimizer options (lr=0.002, weight_decay=0.0, fused=True, {expected}"
+    ], result.stderr
+    assert not (tmp_path / "mlflow.db").exists(), "no MLflow run opened"
+
+
 def test_values_are_checked_in_the_python_api_and_in_predict(tmp_path):
     from experiments.api import run_experiment
     from experiments.errors import ConfigError

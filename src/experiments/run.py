@@ -86,6 +86,21 @@ def check_one_batch(task: Task, datamodule) -> None:
                               f"with metrics.{name}=null") from error
 
 
+def check_optimizer(task: Task) -> None:
+    """Build the optimizer on the model's parameters once, so that options torch refuses (optimizer.betas=[2,0.9], a
+    misspelt +optimizer.<name>) fail here, in one line, before a run is opened rather than in fit. Fit builds its own
+    (Task.configure_optimizers): this one takes no step, so the training is the same."""
+    if hasattr(task.model, "fit"):  # a closed-form model (the mean-image baseline) has no optimizer
+        return
+    try:
+        task.optimizer(task.model.parameters())
+    except (ValueError, TypeError) as error:
+        detail = str(error).splitlines()[0].rstrip(".")
+        options = ", ".join(f"{name}={value}" for name, value in task.optimizer.keywords.items())
+        raise ConfigError(f"torch's {task.optimizer.func.__name__} refuses the optimizer options ({options}): "
+                          f"{detail}; change the one it names") from error
+
+
 def output_dir() -> Path | None:
     """This job's Hydra output folder; None when the config was composed without a job (the Python API)."""
     runtime = HydraConfig.get().runtime
@@ -175,6 +190,7 @@ def build(config: DictConfig) -> tuple[Task, L.LightningDataModule]:
                if metric is not None}  # null drops one (metrics.r2=null)
     scheduler = instantiate(config.scheduler) if config.scheduler else None
     task = Task(model, instantiate(config.loss), metrics, instantiate(config.optimizer), scheduler)
+    check_optimizer(task)
     check_one_batch(task, datamodule)
     task.example_input_array = datamodule.normalize(datamodule.train.head(2).inputs)
     return task, datamodule
