@@ -140,6 +140,35 @@ def test_a_loss_or_metric_whose_shapes_do_not_fit_the_data_is_one_line_before_a_
     assert not (tmp_path / "mlflow.db").exists(), "no MLflow run opened"
 
 
+@pytest.mark.parametrize("overrides, expected", [
+    (["loss=cross_entropy"],  # circle's one output of ±1: a loss of 0 that never learns
+     "the loss CrossEntropyLoss takes class numbers or class probabilities (the softmax of the one output other "
+     "targets have is 1 whatever it is: the loss would be 0, nothing learn), not sign targets; use data.targets=index "
+     "or onehot, or another loss"),
+    (["loss=bce_with_logits"],  # circle's -1 targets are no probabilities
+     "the loss BCEWithLogitsLoss takes 0/1 targets, not sign targets; use data.targets=binary or onehot, or another "
+     "loss"),
+], ids=["cross_entropy-sign", "bce_with_logits-sign"])
+def test_a_loss_that_cannot_learn_the_target_encoding_is_one_line_before_a_run_opens(tmp_path, overrides, expected):
+    result = cli("-m", "experiments", *overrides, "trainer.max_epochs=2", *QUIET, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: the model and loss do not fit the data: {expected}"], \
+        result.stderr
+    assert not (tmp_path / "mlflow.db").exists(), "no MLflow run opened"
+
+
+def test_accuracy_of_binary_targets_follows_the_loss_on_logits(tmp_path):
+    from experiments.api import run_experiment
+
+    # metrics=binary_accuracy's rule (a logit above 0), beside metrics=accuracy's
+    result = run_experiment(["loss=bce_with_logits", "data.targets=binary", "data.batch_size=50",
+                             "trainer.max_epochs=15", "+metrics.logit_accuracy={_target_:experiments.metrics.accuracy,"
+                             "_partial_:true,encoding:binary,threshold:0.0}", *QUIET])
+    for stage in ("train", "val"):
+        assert result.metrics[f"{stage}/accuracy"] == result.metrics[f"{stage}/logit_accuracy"]
+    assert result.metrics["val/accuracy"] > 0.8
+
+
 def test_user_config_folder_on_the_search_path(tmp_path):
     (tmp_path / "my_conf" / "model").mkdir(parents=True)
     (tmp_path / "my_conf" / "model" / "wide.yaml").write_text(

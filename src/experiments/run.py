@@ -24,7 +24,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics import Metric
 
-from experiments import checkpoint, models, plots, resume, store, sweep, tracking
+from experiments import checkpoint, losses, models, plots, resume, store, sweep, tracking
 from experiments.callbacks import LastCheckpoint
 from experiments.cli import heavy_import
 from experiments.compiled import CompiledFit
@@ -41,9 +41,15 @@ class Result:
     preprocessing: object | None  # a tabular run's RowPreprocessing (data/tabular.py): raw rows to inputs
 
 
-# Losses that take class numbers (index targets) or class probabilities (onehot): any other loss, and every metric
-# of targets in another encoding, compares each output with its target, so outputs need the targets' shape there
-CLASS_LOSSES = (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss)
+# The target encodings a loss can learn from, where not every one, and why: any other loss, and every metric of
+# targets in another encoding, compares each output with its target, so outputs need the targets' shape there
+LOSS_ENCODINGS = {
+    torch.nn.CrossEntropyLoss: (("index", "onehot"), "class numbers or class probabilities (the softmax of the one "
+                                "output other targets have is 1 whatever it is: the loss would be 0, nothing learn)"),
+    torch.nn.NLLLoss: (("index",), "class numbers"),
+    torch.nn.BCEWithLogitsLoss: (("binary", "onehot"), "0/1 targets"),
+    torch.nn.BCELoss: (("binary", "onehot"), "0/1 targets"),
+}
 
 
 def check_one_batch(task: Task, datamodule) -> None:
@@ -52,14 +58,20 @@ def check_one_batch(task: Task, datamodule) -> None:
     first_step = datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
     inputs, targets = next(first_step)
     encoding = datamodule.target_encoding
+    loss = task.loss.func.__name__ if isinstance(task.loss, functools.partial) else type(task.loss).__name__
+    encodings, takes = LOSS_ENCODINGS.get(type(task.loss), (None, None))
+    if encodings and encoding not in encodings:
+        fix = "loss=mse" if encoding == "regression" else f"data.targets={' or '.join(encodings)}, or another loss"
+        raise ConfigError(f"the model and loss do not fit the data: the loss {loss} takes {takes}, not {encoding} "
+                          f"targets; use {fix}")
     shapes = f"targets {tuple(targets.shape)} {targets.dtype} ({encoding} encoding)"
     try:
         with torch.no_grad():
             outputs = apply(task.model, inputs)
             shapes = f"outputs {tuple(outputs.shape)}, {shapes}"
-            # before the loss, which may broadcast them with no more than a warning
-            if outputs.shape != targets.shape and not (encoding == "index" and isinstance(task.loss, CLASS_LOSSES)):
-                loss = task.loss.func.__name__ if isinstance(task.loss, functools.partial) else type(task.loss).__name__
+            # before the loss, which may broadcast them with no more than a warning; a class loss on index targets
+            # (the only losses of LOSS_ENCODINGS left for them) takes outputs of a column per class
+            if outputs.shape != targets.shape and not (encoding == "index" and encodings):
                 fix = ("use loss=cross_entropy, or data.targets=onehot" if encoding == "index" else
                        f"make the model's last layer give the data's {datamodule.num_outputs} output(s) per sample")
                 raise ConfigError(f"the model and loss do not fit the data: the loss {loss} compares each output with "
@@ -180,16 +192,28 @@ def import_libraries(config: DictConfig) -> None:
         heavy_import("mlflow.store.tracking.sqlalchemy_store")
 
 
+def with_threshold(metric, loss):
+    """`metric`, with the threshold its config leaves null (metrics=accuracy's, for 0/1 targets) set for `loss`: 0 where
+    the loss trains each output as a logit (BCEWithLogitsLoss, mnist_loss: class 1 where its sigmoid is above 0.5),
+    else 0.5 (MSE trains the outputs towards the 0/1 targets themselves)."""
+    if not isinstance(metric, functools.partial) or metric.keywords.get("threshold", 0.0) is not None:
+        return metric
+    logits = isinstance(loss, torch.nn.BCEWithLogitsLoss) or getattr(loss, "func", None) is losses.mnist_loss
+    return functools.partial(metric.func, *metric.args, **metric.keywords | {"threshold": 0.0 if logits else 0.5})
+
+
 def build(config: DictConfig) -> tuple[Task, L.LightningDataModule]:
     """The seeded data module and task (model, loss, metrics, optimizer) of `config`, checked on one batch."""
     import_libraries(config)
     L.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = instantiate(config.data)
     model = models.build(config.model, datamodule.input_shape, datamodule.num_outputs, datamodule.target_scale)
-    metrics = {name: metric for name, metric in instantiate(config.metrics, _convert_="all").items()
+    loss = instantiate(config.loss)
+    metrics = instantiate(config.metrics, _convert_="all")
+    metrics = {name: with_threshold(metric, loss) for name, metric in metrics.items()
                if metric is not None}  # null drops one (metrics.r2=null)
     scheduler = instantiate(config.scheduler) if config.scheduler else None
-    task = Task(model, instantiate(config.loss), metrics, instantiate(config.optimizer), scheduler)
+    task = Task(model, loss, metrics, instantiate(config.optimizer), scheduler)
     check_optimizer(task)
     check_one_batch(task, datamodule)
     task.example_input_array = datamodule.normalize(datamodule.train.head(2).inputs)
