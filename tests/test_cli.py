@@ -303,6 +303,23 @@ def test_optimizer_options_torch_refuses_are_one_line_before_a_run_opens(tmp_pat
     assert not (tmp_path / "mlflow.db").exists(), "no MLflow run opened"
 
 
+@pytest.mark.parametrize("overrides, expected", [
+    (["model=mlp", "data=mnist_halves", "data.limit=200"],
+     "model MLP takes one input, but the data gives 2 ((1, 14, 28), (1, 14, 28)); use a model declared with as many "
+     "inputs, such as model=halves_layers"),
+    (["model.init=foo"], "model.init=foo is not an initialisation; choose one of default, zeros, normal"),
+    (["model.activation=foo"], "model.activation=foo is not an activation; choose one of relu, tanh, sigmoid, softmax"),
+    (["data.targets=foo"], "data.targets=foo is not a target encoding; choose one of index, onehot, sign, binary"),
+    (["+trainer.max_epoch=1"], "trainer.max_epoch is not an option of Lightning's Trainer; did you mean "
+                               "trainer.max_epochs?"),
+], ids=["two-inputs", "init", "activation", "targets", "trainer-typo"])
+def test_a_value_a_model_data_or_trainer_refuses_is_one_line_naming_the_option(tmp_path, overrides, expected):
+    result = cli("-m", "experiments", *overrides, "trainer.max_epochs=1", *QUIET, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {expected}"], result.stderr
+    assert not (tmp_path / "mlflow.db").exists(), "no MLflow run opened"
+
+
 def test_values_are_checked_in_the_python_api_and_in_predict(tmp_path):
     from experiments.api import run_experiment
     from experiments.errors import ConfigError

@@ -1,5 +1,7 @@
 """One experiment run: build data, model and task from the config, train, test, track, report."""
+import difflib
 import functools
+import inspect
 import os
 import tempfile
 import time
@@ -231,7 +233,7 @@ def build_trainer(options: DictConfig, extra_callbacks: list[L.Callback]) -> L.T
     try:
         trainer = instantiate(options, logger=False, callbacks=[*callbacks, *extra_callbacks])
     except InstantiationException as error:
-        problem = accelerator_problem(options.get("accelerator"))
+        problem = accelerator_problem(options.get("accelerator")) or unknown_option_problem(options)
         if problem is None and isinstance(error.__cause__, MisconfigurationException):  # any other option it refuses
             problem = (f"Lightning's Trainer refuses the trainer options: {str(error.__cause__).rstrip('.')}; "
                        "change the one it names")
@@ -254,6 +256,19 @@ def check_manual_optimization(trainer: L.Trainer) -> None:
         raise ConfigError(f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} "
                           f"{manual.format('accumulates gradients')}; remove it, and for steps of as many samples "
                           f"multiply data.batch_size by {trainer.accumulate_grad_batches}")
+
+
+def unknown_option_problem(options: dict) -> str | None:
+    """A line naming the trainer options that Lightning's Trainer does not have (a misspelt +trainer.max_epoch=1), with
+    the nearest one it has; None if it has them all. Its own message, an unexpected keyword argument, names no fix."""
+    known = inspect.signature(L.Trainer.__init__).parameters
+    unknown = [name for name in options if name not in known and name != "_target_"]
+    if not unknown:
+        return None
+    name = unknown[0]
+    nearest = difflib.get_close_matches(name, known, n=1)
+    return (f"trainer.{name} is not an option of Lightning's Trainer; "
+            + (f"did you mean trainer.{nearest[0]}?" if nearest else "remove it"))
 
 
 def accelerator_problem(name) -> str | None:

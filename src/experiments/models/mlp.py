@@ -4,13 +4,16 @@ import math
 import torch
 from torch import nn
 
+from experiments.errors import ConfigError
+
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "softmax": lambda: nn.Softmax(dim=1)}
 INITS = ("default", "zeros", "normal")
 
 
-def make_activation(name: str) -> nn.Module:
+def make_activation(name: str, option: str) -> nn.Module:
+    """The activation `name`, which the config's `option` gives."""
     if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+        raise ConfigError(f"{option}={name} is not an activation; choose one of {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]()
 
 
@@ -34,18 +37,18 @@ class MLP(nn.Sequential):
     ):
         activations = [activation] * len(hidden_sizes) if isinstance(activation, str) else list(activation)
         if len(activations) != len(hidden_sizes):
-            raise ValueError(
+            raise ConfigError(
                 f"model.activation lists {len(activations)} activations for {len(hidden_sizes)} hidden layers"
             )
         if init not in INITS:
-            raise ValueError(f"unknown model.init {init!r}; choose one of {', '.join(INITS)}")
+            raise ConfigError(f"model.init={init} is not an initialisation; choose one of {', '.join(INITS)}")
         sizes = [math.prod(input_shape), *hidden_sizes]
         layers: list[nn.Module] = [nn.Flatten()]
         for n_in, n_out, name in zip(sizes, sizes[1:], activations):
-            layers += [nn.Linear(n_in, n_out), make_activation(name)]
+            layers += [nn.Linear(n_in, n_out), make_activation(name, "model.activation")]
         layers.append(nn.Linear(sizes[-1], num_outputs))
         if output_activation:
-            layers.append(make_activation(output_activation))
+            layers.append(make_activation(output_activation, "model.output_activation"))
         super().__init__(*layers)
         self.hidden_layers = len(hidden_sizes)
         self._initialise(init, init_std)
