@@ -6,7 +6,32 @@ The regression metrics are plain functions rather than torchmetrics' Metric obje
 compute and reset took 0.28 ms an epoch for the four (REFERENCE.md A2: 0.14 s of a 2.3 s fit; these take
 0.05 ms), and rather than its functional r2_score, which vmap cannot batch (vectorized.py).
 """
+import functools
+
 import torch
+
+from experiments.losses import mnist_loss
+
+
+def binary_threshold(loss) -> float:
+    """The output above which a 0/1 target's class is 1, for `loss` (a torch.nn loss, or a partial of a function
+    of losses.py): 0 where the loss trains each output as a logit (BCEWithLogitsLoss, mnist_loss: class 1 where its
+    sigmoid is above 0.5), else 0.5 (MSE trains the outputs towards the 0/1 targets themselves)."""
+    logits = isinstance(loss, torch.nn.BCEWithLogitsLoss) or getattr(loss, "func", None) is mnist_loss
+    return 0.0 if logits else 0.5
+
+
+def configured_metrics(metrics: dict, loss) -> dict:
+    """The config's metrics, instantiated, for a run with `loss`: those set to null dropped (metrics.r2=null), and a
+    threshold left null (metrics=accuracy's, for 0/1 targets) set for the loss (binary_threshold)."""
+    configured = {}
+    for name, metric in metrics.items():
+        if metric is None:
+            continue
+        if isinstance(metric, functools.partial) and metric.keywords.get("threshold", 0.0) is None:
+            metric = functools.partial(metric.func, *metric.args, **metric.keywords | {"threshold": binary_threshold(loss)})
+        configured[name] = metric
+    return configured
 
 
 def predicted_labels(outputs: torch.Tensor, encoding: str, threshold: float = 0.5) -> torch.Tensor:

@@ -62,6 +62,7 @@ RANGES = {
     "scheduler.pct_start": Range(0, 1, low_open=True, high_open=True),
     "model.hidden_sizes": COUNT,
     "model.init_std": POSITIVE,
+    "metrics.accuracy.threshold": Range(also={None: "by the loss: 0 on logits, else 0.5"}),
     "data.batch_size": COUNT,
     "data.n_points": COUNT,
     "data.radius": POSITIVE,

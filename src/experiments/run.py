@@ -26,11 +26,12 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics import Metric
 
-from experiments import checkpoint, losses, models, plots, resume, store, sweep, tracking
+from experiments import checkpoint, models, plots, resume, store, sweep, tracking
 from experiments.callbacks import LastCheckpoint
 from experiments.cli import heavy_import
 from experiments.compiled import CompiledFit
 from experiments.errors import ConfigError
+from experiments.metrics import binary_threshold, configured_metrics
 from experiments.report import log_choices, model_summary, print_model_summary, print_results
 from experiments.task import Task, apply
 
@@ -194,16 +195,6 @@ def import_libraries(config: DictConfig) -> None:
         heavy_import("mlflow.store.tracking.sqlalchemy_store")
 
 
-def with_threshold(metric, loss):
-    """`metric`, with the threshold its config leaves null (metrics=accuracy's, for 0/1 targets) set for `loss`: 0 where
-    the loss trains each output as a logit (BCEWithLogitsLoss, mnist_loss: class 1 where its sigmoid is above 0.5),
-    else 0.5 (MSE trains the outputs towards the 0/1 targets themselves)."""
-    if not isinstance(metric, functools.partial) or metric.keywords.get("threshold", 0.0) is not None:
-        return metric
-    logits = isinstance(loss, torch.nn.BCEWithLogitsLoss) or getattr(loss, "func", None) is losses.mnist_loss
-    return functools.partial(metric.func, *metric.args, **metric.keywords | {"threshold": 0.0 if logits else 0.5})
-
-
 def build(config: DictConfig) -> tuple[Task, L.LightningDataModule]:
     """The seeded data module and task (model, loss, metrics, optimizer) of `config`, checked on one batch."""
     import_libraries(config)
@@ -211,9 +202,7 @@ def build(config: DictConfig) -> tuple[Task, L.LightningDataModule]:
     datamodule = instantiate(config.data)
     model = models.build(config.model, datamodule.input_shape, datamodule.num_outputs, datamodule.target_scale)
     loss = instantiate(config.loss)
-    metrics = instantiate(config.metrics, _convert_="all")
-    metrics = {name: with_threshold(metric, loss) for name, metric in metrics.items()
-               if metric is not None}  # null drops one (metrics.r2=null)
+    metrics = configured_metrics(instantiate(config.metrics, _convert_="all"), loss)
     scheduler = instantiate(config.scheduler) if config.scheduler else None
     task = Task(model, loss, metrics, instantiate(config.optimizer), scheduler)
     check_optimizer(task)
@@ -310,7 +299,7 @@ def record(config: DictConfig, task: Task, datamodule, results: dict[str, float]
     mlflow.log_metrics({key: value for key, value in results.items() if key.split("/")[0] in ("time", "model")},
                        step=step)
     accuracy = task.metrics.get("accuracy")
-    plots.log_plots(model, datamodule, accuracy.keywords["threshold"] if accuracy else 0.5,
+    plots.log_plots(model, datamodule, accuracy.keywords["threshold"] if accuracy else binary_threshold(task.loss),
                     losses or plots.loss_history(mlflow.active_run().info.run_id), output_dir())
     results |= datamodule.log_extras(model, step)
     saved = checkpoint.save(config, model, datamodule, output_dir())
