@@ -283,6 +283,7 @@ def test_a_run_killed_by_sigkill_resumes_into_its_run_and_ends_as_if_never_stopp
 
     result = cli("-m", "experiments", f"resume={run.info.run_id}", *QUIET)
     assert result.returncode == 0, result.stderr
+    assert result.stderr == "", "nothing on the console but the run's lines (no warning of its checkpoints' folder)"
     resumed = store.get_run(run.info.run_id)
     assert resumed.info.status == "FINISHED"
     (uninterrupted,) = store.search_runs([store.get_experiment_by_name("uninterrupted").experiment_id])

@@ -53,6 +53,10 @@ def print_model_summary(summary: str) -> None:
         print(summary)
 
 
+def epochs_text(epochs: int) -> str:
+    return f"{epochs} epoch" if epochs == 1 else f"{epochs} epochs"
+
+
 def print_results(title: str, results: dict[str, float], run_id: str, ui_command: str,
                   output_dir: Path | None) -> None:
     """Loss and metrics per stage (a row each, a column per stage), then fit time, the MLflow run and the

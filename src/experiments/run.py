@@ -5,6 +5,7 @@ import inspect
 import os
 import tempfile
 import time
+import warnings
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from experiments.cli import heavy_import
 from experiments.compiled import CompiledFit
 from experiments.errors import ConfigError
 from experiments.metrics import binary_threshold, configured_metrics
-from experiments.report import log_choices, model_summary, print_model_summary, print_results
+from experiments.report import epochs_text, log_choices, model_summary, print_model_summary, print_results
 from experiments.task import Task, apply
 
 
@@ -165,7 +166,10 @@ def fit_and_test(trainer: L.Trainer, task: Task, datamodule, resume_from: Path |
         fit_seconds, passes = compiled.fit(trainer, task, datamodule), task.compiled_epochs
     else:
         first_epoch = torch.load(resume_from, map_location="cpu", weights_only=False)["epoch"] if resume_from else 0
-        trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from)
+        with warnings.catch_warnings():
+            if resume_from:  # it continues in the folder of its own checkpoints, which Lightning warns of as of any
+                warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
+            trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from)
         fit_seconds, passes = time.perf_counter() - start, trainer.current_epoch - first_epoch
     results = {name: float(value) for name, value in trainer.callback_metrics.items()}
     if datamodule.test is not None:  # test replaces the trainer's metrics with its own
@@ -360,6 +364,6 @@ def run(config: DictConfig) -> Result:
         results = record(config, task, datamodule, results, task.last_step)
 
     epochs = trainer.current_epoch + task.compiled_epochs
-    print_results(f"{choices['data']} · {choices['model']} · {epochs} epochs", results, logger.run_id,
+    print_results(f"{choices['data']} · {choices['model']} · {epochs_text(epochs)}", results, logger.run_id,
                   tracking.ui_command(config.tracking.tracking_uri), output_dir())
     return Result(logger.run_id, results, model, datamodule.preprocessing)

@@ -36,7 +36,7 @@ from experiments import resume, run, store, sweep, tracking
 from experiments.callbacks import StopOnDivergence
 from experiments.cli import check_override_types
 from experiments.errors import Diverged
-from experiments.report import model_summary, print_model_summary, print_results
+from experiments.report import epochs_text, model_summary, print_model_summary, print_results
 from experiments.models.target_scale import TargetScaled
 from experiments.task import Task
 
@@ -651,7 +651,7 @@ def record(config: DictConfig, job: Job, trained: Trained) -> dict[str, float]:
             log_history(logger.run_id, [(step, values) for step, values in trained.history if step != last])
     finally:
         release(job)
-    print_results(f"{choices.data} · {choices.model} · {trained.epochs} epochs · vectorised, a group of "
+    print_results(f"{choices.data} · {choices.model} · {epochs_text(trained.epochs)} · vectorised, a group of "
                   f"{trained.group_size}", results, logger.run_id, tracking.ui_command(config.tracking.tracking_uri),
                   run.output_dir())
     return results
