@@ -126,7 +126,7 @@ def test_compiled_epochs_fail_a_diverging_run_at_the_standard_paths_epoch(store,
 @pytest.mark.parametrize("override, refusal", [
     ("scheduler=one_cycle", r"a constant learning rate \(scheduler=constant\)"),
     ("trainer.max_steps=5", r"whole epochs \(trainer.max_epochs, not trainer.max_steps\)"),
-    ("+trainer.gradient_clip_val=1.0", r"none of the trainer options it does not follow \(trainer.gradient_clip_val\)"),
+    ("+trainer.limit_val_batches=0.5", r"none of the trainer options it does not follow \(trainer.limit_val_batches\)"),
     ("+trainer.callbacks.stop.monitor=val/loss", r"no callback that hooks into Lightning's loop.*\(EarlyStopping\)"),
 ])
 def test_compiled_epochs_refuse_what_their_loop_cannot_do_before_a_run_opens(store, override, refusal):

@@ -137,8 +137,8 @@ def test_a_job_that_fails_in_a_group_fails_alone_and_the_others_finish(store):
                  "data.n_points=100", *QUIET)
     assert result.returncode != 0
     line = next(line for line in result.stdout.splitlines() if "vectorized:" in line)
-    assert "2 of 4 jobs in 1 group(s): #0-1 (differing in seed); one by one: #2 (its optimizer rejects its " \
-           "settings (Invalid learning rate: -1" in line
+    assert "2 of 4 jobs in 1 group(s): #0-1 (differing in seed); one by one: #2 (it fails to build: torch's SGD " \
+           "refuses the optimizer options (lr=-1" in line
 
     runs = children(store)
     assert sorted((name, run.info.status) for name, run in runs.items()) == [

@@ -40,7 +40,7 @@ from experiments.task import EpochOutputs, Task, one_device_full_precision
 log = logging.getLogger(__name__)
 
 # Trainer options this loop follows, or whose effect it leaves out as its docstring says (no checkpoint, no
-# progress); the others, e.g. gradient_clip_val or limit_val_batches, it would ignore, and refuses
+# progress); the others, e.g. limit_val_batches, it would ignore, and refuses
 FOLLOWED = {"_target_", "max_epochs", "max_steps", "check_val_every_n_epoch", "accelerator", "devices", "deterministic",
             "enable_progress_bar", "enable_model_summary", "enable_checkpointing", "num_sanity_val_steps",
             "log_every_n_steps", "callbacks", "compiled"}
