@@ -48,7 +48,7 @@ def check_override_types(config: DictConfig) -> None:
             )
 
 
-STAGES = ("train", "val", "test")
+STAGES = ("train", "val", "test")  # task.STAGES, which this module cannot import: task.py imports torch
 
 
 def check_objective(config: DictConfig) -> None:

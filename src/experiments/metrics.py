@@ -9,6 +9,7 @@ compute and reset took 0.28 ms an epoch for the four (REFERENCE.md A2: 0.14 s of
 import functools
 
 import torch
+from torchmetrics import Metric
 
 from experiments.losses import mnist_loss
 
@@ -22,16 +23,29 @@ def binary_threshold(loss) -> float:
 
 
 def configured_metrics(metrics: dict, loss) -> dict:
-    """The config's metrics, instantiated, for a run with `loss`: those set to null dropped (metrics.r2=null), and a
-    threshold left null (metrics=accuracy's, for 0/1 targets) set for the loss (binary_threshold)."""
+    """The config's metrics, instantiated, for a run with `loss`: those set to null dropped (metrics.r2=null), a
+    threshold left null (metrics=accuracy's, for 0/1 targets) set for the loss (binary_threshold), and a torchmetrics
+    Metric class given as a partial built. A preset's function metric has `_partial_: true`, which a Metric given in
+    its place keeps (Hydra merges `+metrics.r2={_target_:torchmetrics.R2Score}` into metrics=regression's r2):
+    called with an epoch's outputs and targets, the class would take them for its options."""
     configured = {}
     for name, metric in metrics.items():
         if metric is None:
             continue
-        if isinstance(metric, functools.partial) and metric.keywords.get("threshold", 0.0) is None:
-            metric = functools.partial(metric.func, *metric.args, **metric.keywords | {"threshold": binary_threshold(loss)})
+        if isinstance(metric, functools.partial) and isinstance(metric.func, type) and issubclass(metric.func, Metric):
+            metric = metric()
+        elif isinstance(metric, functools.partial) and metric.keywords.get("threshold", 0.0) is None:
+            threshold = binary_threshold(loss)
+            metric = functools.partial(metric.func, *metric.args, **metric.keywords | {"threshold": threshold})
         configured[name] = metric
     return configured
+
+
+def class_threshold(metrics: dict, loss) -> float:
+    """The output above which a 0/1 target's class is 1 in a run with these configured metrics and `loss`: its
+    accuracy's threshold, else the loss's (binary_threshold)."""
+    threshold = getattr(metrics.get("accuracy"), "keywords", {}).get("threshold")
+    return binary_threshold(loss) if threshold is None else threshold
 
 
 def predicted_labels(outputs: torch.Tensor, encoding: str, threshold: float = 0.5) -> torch.Tensor:

@@ -17,17 +17,16 @@ from omegaconf import DictConfig
 from experiments import checkpoint
 from experiments.cli import reported_as_one_line, run_app
 from experiments.errors import ConfigError
-from experiments.metrics import binary_threshold, configured_metrics, predicted_labels, true_labels
+from experiments.metrics import class_threshold, configured_metrics, predicted_labels, true_labels
 from experiments.ranges import check_ranges
-from experiments.task import STAGES, built_metric, predict
+from experiments.task import STAGES, predict
 
 
 def scores(config: dict, outputs: torch.Tensor, targets: torch.Tensor, prefix: str) -> dict[str, float]:
     """`<prefix>/loss` and `<prefix>/<metric>` of `outputs` over all of them, as the run's `config` computes
     them (the loss over all samples equals the batch-size-weighted mean of its batches' that training logs)."""
     loss = instantiate(config["loss"])
-    metrics = {name: built_metric(metric)
-               for name, metric in configured_metrics(instantiate(config["metrics"], _convert_="all"), loss).items()}
+    metrics = configured_metrics(instantiate(config["metrics"], _convert_="all"), loss)
     values = {f"{prefix}/loss": loss(outputs, targets)}
     values |= {f"{prefix}/{name}": metric(outputs, targets) for name, metric in metrics.items()}
     return {key: float(value) for key, value in values.items()}
@@ -122,9 +121,9 @@ def run(config: DictConfig) -> pd.DataFrame:
     datamodule = instantiate(saved["config"]["data"])
     encoding = datamodule.target_encoding
     # the class of 0/1 targets as the run's accuracy counted it, or its plots without one
-    threshold = (saved["config"]["metrics"].get("accuracy") or {}).get("threshold")
-    if threshold is None:
-        threshold = binary_threshold(instantiate(saved["config"]["loss"]))
+    loss = instantiate(saved["config"]["loss"])
+    threshold = class_threshold(configured_metrics(instantiate(saved["config"]["metrics"], _convert_="all"), loss),
+                                loss)
     if config.input is not None:
         if not isinstance(datamodule.train.inputs, torch.Tensor):
             raise ConfigError(f"input={config.input}: the model takes several inputs; predict on a split instead")

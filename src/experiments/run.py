@@ -32,7 +32,7 @@ from experiments.callbacks import LastCheckpoint
 from experiments.cli import heavy_import
 from experiments.compiled import CompiledFit
 from experiments.errors import ConfigError
-from experiments.metrics import binary_threshold, configured_metrics
+from experiments.metrics import class_threshold, configured_metrics
 from experiments.report import epochs_text, log_choices, model_summary, print_model_summary, print_results
 from experiments.task import Task, apply
 
@@ -302,8 +302,7 @@ def record(config: DictConfig, task: Task, datamodule, results: dict[str, float]
         results |= {f"model/{name}": value for name, value in model.diagnostics().items()}
     mlflow.log_metrics({key: value for key, value in results.items() if key.split("/")[0] in ("time", "model")},
                        step=step)
-    accuracy = task.metrics.get("accuracy")
-    plots.log_plots(model, datamodule, accuracy.keywords["threshold"] if accuracy else binary_threshold(task.loss),
+    plots.log_plots(model, datamodule, class_threshold(task.metrics, task.loss),
                     losses or plots.loss_history(mlflow.active_run().info.run_id), output_dir())
     results |= datamodule.log_extras(model, step)
     saved = checkpoint.save(config, model, datamodule, output_dir())

@@ -47,16 +47,6 @@ def plain_partial(function: Callable) -> Callable:
     return function
 
 
-def built_metric(metric: Callable | Metric) -> Callable | Metric:
-    """`metric`, or the object of a torchmetrics Metric class given as a partial. A preset's function metric has
-    `_partial_: true`, which a Metric given in its place keeps (Hydra merges
-    `+metrics.r2={_target_:torchmetrics.R2Score}` into metrics=regression's r2); called with an epoch's outputs and
-    targets, the class took them for its options."""
-    if isinstance(metric, functools.partial) and isinstance(metric.func, type) and issubclass(metric.func, Metric):
-        return metric()
-    return metric
-
-
 def one_device_full_precision(trainer: L.Trainer) -> bool:
     """Whether `trainer` trains in one process on one device at full precision."""
     return type(trainer.precision_plugin) is Precision and isinstance(trainer.strategy, SingleDeviceStrategy)
@@ -118,7 +108,6 @@ class Task(L.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.model, self.loss, self.optimizer, self.scheduler = model, plain_partial(loss), optimizer, scheduler
-        metrics = {name: built_metric(metric) for name, metric in metrics.items()}
         self.metrics = {name: plain_partial(metric) for name, metric in metrics.items() if not isinstance(metric, Metric)}
         # Submodules, so they move to the model's device; "<stage>_metrics" as "train" is a Module method.
         self.epoch_metrics = torch.nn.ModuleDict({
