@@ -115,7 +115,7 @@ def test_model_that_does_not_fit_the_targets_fails_before_training(tmp_path):
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "do not fit the data" in lines[0], result.stderr
-    assert not (tmp_path / "mlflow.db").exists(), "no MLflow run should be opened for a config that cannot train"
+    assert list(tmp_path.iterdir()) == [], "nothing ran: no MLflow store, no output folder"
 
 
 @pytest.mark.parametrize("overrides, expected", [
@@ -137,7 +137,7 @@ def test_a_loss_or_metric_whose_shapes_do_not_fit_the_data_is_one_line_before_a_
     result = cli("-m", "experiments", *overrides, "trainer.max_epochs=2", *QUIET, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {expected}"], result.stderr
-    assert not (tmp_path / "mlflow.db").exists(), "no MLflow run opened"
+    assert list(tmp_path.iterdir()) == [], "nothing ran: no MLflow store, no output folder"
 
 
 @pytest.mark.parametrize("overrides, expected", [
@@ -154,7 +154,7 @@ def test_a_loss_that_cannot_learn_the_target_encoding_is_one_line_before_a_run_o
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: the model and loss do not fit the data: {expected}"], \
         result.stderr
-    assert not (tmp_path / "mlflow.db").exists(), "no MLflow run opened"
+    assert list(tmp_path.iterdir()) == [], "nothing ran: no MLflow store, no output folder"
 
 
 def test_accuracy_of_binary_targets_follows_the_loss_on_logits(tmp_path):
@@ -225,6 +225,8 @@ def test_one_cycle_on_a_run_too_short_for_it_fails_clearly(tmp_path, store):
     assert last.startswith("error: ") and "4 optimizer steps" in last and "scheduler=constant" in last
     (run,) = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
     assert run.info.status == "FAILED"
+    (log,) = tmp_path.glob("outputs/*/*/experiments.log")  # failed once its run opened: its folder is kept
+    assert "data=xor" in log.read_text()
     assert cli("-m", "experiments", "data=xor", "trainer.max_epochs=4", "scheduler=constant", *QUIET,
                cwd=tmp_path).returncode == 0
 
@@ -241,7 +243,26 @@ def test_a_value_out_of_range_is_one_line_before_anything_runs(tmp_path, overrid
     result = cli("-m", "experiments", override, *QUIET, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {expected}"], result.stderr
-    assert not (tmp_path / "mlflow.db").exists(), "no MLflow run opened"
+    assert list(tmp_path.iterdir()) == [], "nothing ran: no MLflow store, no output folder"
+
+
+def test_rejected_input_leaves_a_folder_that_was_there_before(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    for folder in ("mine", "."):
+        result = cli("-m", "experiments", f"hydra.run.dir={folder}", "trainer.max_epochs=0", cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+
+
+def test_an_unknown_flag_is_one_line_naming_the_command():
+    hint = "python -m experiments --help lists the options (key=value), --hydra-help the flags"
+    for args, error in [(["--foo"], "unrecognized arguments: --foo"),
+                        (["--cfg", "jobs"], "argument --cfg/-c: invalid choice: 'jobs' (choose from 'job', 'hydra', "
+                                            "'all')")]:
+        result = cli("-m", "experiments", *args)
+        assert result.returncode == 2
+        assert result.stderr.splitlines() == [f"error: {error}; {hint}"], result.stderr
 
 
 @pytest.mark.parametrize("accelerator, expected", [
@@ -259,7 +280,7 @@ def test_an_accelerator_lightning_cannot_use_is_one_line_naming_the_ones_it_can(
                  cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {expected}"], result.stderr
-    assert not (tmp_path / "mlflow.db").exists(), "no MLflow run opened"
+    assert list(tmp_path.iterdir()) == [], "nothing ran: no MLflow store, no output folder"
 
 
 def test_another_trainer_option_lightning_refuses_is_one_line_in_its_words(tmp_path):
@@ -269,7 +290,7 @@ def test_another_trainer_option_lightning_refuses_is_one_line_in_its_words(tmp_p
     assert result.stderr.strip().splitlines() == [
         "error: Lightning's Trainer refuses the trainer options: `Trainer(devices=0)` value is not a valid input "
         "using cpu accelerator; change the one it names"], result.stderr
-    assert not (tmp_path / "mlflow.db").exists(), "no MLflow run opened"
+    assert list(tmp_path.iterdir()) == [], "nothing ran: no MLflow store, no output folder"
 
 
 @pytest.mark.parametrize("override, expected", [
@@ -286,7 +307,7 @@ def test_a_trainer_option_of_automatic_optimization_only_is_one_line_before_a_ru
     result = cli("-m", "experiments", "data=xor", "trainer.max_epochs=1", override, *QUIET, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {expected}"], result.stderr
-    assert not (tmp_path / "mlflow.db").exists(), "no MLflow run opened"
+    assert list(tmp_path.iterdir()) == [], "nothing ran: no MLflow store, no output folder"
 
 
 @pytest.mark.parametrize("override, expected", [
@@ -300,7 +321,7 @@ def test_optimizer_options_torch_refuses_are_one_line_before_a_run_opens(tmp_pat
     assert result.stderr.strip().splitlines() == [
         f"error: torch's Adam refuses the optimizer options (lr=0.002, weight_decay=0.0, fused=True, {expected}"
     ], result.stderr
-    assert not (tmp_path / "mlflow.db").exists(), "no MLflow run opened"
+    assert list(tmp_path.iterdir()) == [], "nothing ran: no MLflow store, no output folder"
 
 
 @pytest.mark.parametrize("overrides, expected", [
@@ -317,7 +338,7 @@ def test_a_value_a_model_data_or_trainer_refuses_is_one_line_naming_the_option(t
     result = cli("-m", "experiments", *overrides, "trainer.max_epochs=1", *QUIET, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {expected}"], result.stderr
-    assert not (tmp_path / "mlflow.db").exists(), "no MLflow run opened"
+    assert list(tmp_path.iterdir()) == [], "nothing ran: no MLflow store, no output folder"
 
 
 def test_values_are_checked_in_the_python_api_and_in_predict(tmp_path):
@@ -328,3 +349,4 @@ def test_values_are_checked_in_the_python_api_and_in_predict(tmp_path):
         run_experiment(["data=mnist", "data.limit=0"])
     result = cli("-m", "experiments.predict", "checkpoint=model.pt", "batch_size=0", cwd=tmp_path)
     assert result.returncode == 2 and "batch_size=0 is out of range" in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == [], "no output folder"

@@ -74,7 +74,7 @@ def test_an_optuna_trial_that_fails_is_a_failed_trial_and_the_search_goes_on(sto
     assert f"best_value: {best.data.metrics['val/loss']}" in optuna_result
 
 
-def test_a_run_whose_loss_becomes_nan_fails_at_that_epoch_in_one_line(store):
+def test_a_run_whose_loss_becomes_nan_fails_at_that_epoch_in_one_line(store, isolated):
     result = cli("-m", "experiments", "optimizer.lr=10", "trainer.max_epochs=30", *DIVERGING,
                  "trainer.enable_progress_bar=true")
     assert result.returncode == 2
@@ -91,6 +91,8 @@ def test_a_run_whose_loss_becomes_nan_fails_at_that_epoch_in_one_line(store):
     assert max(epochs) == 1, "stopped in epoch 1, not after 30"
     losses = [m.value for m in sorted(store.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)]
     assert len(losses) == 2 and losses[0] < float("inf") and math.isnan(losses[1]), "epoch 0's finite, epoch 1's nan"
+    (log,) = isolated.glob("outputs/*/*/experiments.log")  # exit status 2 as bad input, but it trained: kept
+    assert progress in log.read_text()
 
 
 def test_in_a_sweep_only_the_diverging_job_fails(store):
@@ -325,12 +327,14 @@ def test_the_checkpoint_interval_counts_training_time_not_the_set_up_before_it(i
     assert (folder / "last.ckpt").is_file(), "a run that trains longer than the interval keeps one"
 
 
-def test_resuming_a_finished_run_is_one_line(store):
+def test_resuming_a_finished_run_is_one_line(store, isolated):
     assert cli("-m", "experiments", "data=xor", "trainer.max_epochs=1", *QUIET).returncode == 0
     (run,) = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
     result = cli("-m", "experiments", f"resume={run.info.run_id}")
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == f"error: resume={run.info.run_id}: the run finished; there is nothing to resume"
+    (folder,) = isolated.glob("outputs/*/*")  # the run's own, with its model; the refused resume left none
+    assert (folder / "model.pt").is_file()
 
 
 def test_two_sweeps_and_8_runs_started_at_once_into_one_new_store_are_all_recorded_and_nested(store):

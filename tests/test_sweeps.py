@@ -84,17 +84,18 @@ def test_a_value_every_job_shares_is_checked_once_before_the_sweep_starts(isolat
     assert not (isolated / "mlflow.db").exists()
 
 
-def test_a_sweep_whose_jobs_do_not_compose_leaves_no_run(store):
+def test_a_sweep_whose_jobs_do_not_compose_leaves_no_run_nor_folder(store, isolated):
     result = cli("-m", "experiments", "-m", "model=nosuch,mlp", *TINY)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: In 'config': Could not find 'model/nosuch'")
     assert runs_of(store) == []
+    assert not (isolated / "multirun").exists()
     experiment_id = store.get_experiment_by_name("experiments").experiment_id
     (parent,) = store.search_runs([experiment_id], run_view_type=ViewType.DELETED_ONLY)
     assert parent.info.status == "FAILED"
 
 
-def test_a_failed_job_fails_the_sweep_and_its_parent_run(store):
+def test_a_failed_job_fails_the_sweep_and_its_parent_run(store, isolated):
     # one-cycle cannot split XOR's 4 steps of 4 epochs into its phases: that job fails as it starts training
     result = cli("-m", "experiments", "-m", "trainer.max_epochs=2,4", "data=xor", *QUIET)
     assert result.returncode != 0
@@ -103,6 +104,8 @@ def test_a_failed_job_fails_the_sweep_and_its_parent_run(store):
     assert sorted((child.info.run_name, child.info.status) for child in children) == [
         ("trainer.max_epochs=2", "FINISHED"), ("trainer.max_epochs=4", "FAILED")]
     assert parent.info.status == "FAILED"
+    (summary,) = isolated.glob("multirun/*/*/children.csv")  # a sweep that ran keeps its folder, its jobs' too
+    assert sorted(path.name for path in summary.parent.iterdir() if path.is_dir()) == ["0", "1"]
 
 
 def test_an_8_job_sweep_in_parallel_processes_records_every_run_in_the_sqlite_store(store):

@@ -4,8 +4,10 @@ Imports only Hydra and OmegaConf."""
 import atexit
 import gc
 import importlib
+import itertools
 import logging
 import os
+import shutil
 import sys
 import warnings
 from contextlib import contextmanager, suppress
@@ -13,9 +15,11 @@ from pathlib import Path
 from types import ModuleType
 
 import hydra
+from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
@@ -96,9 +100,48 @@ def error_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
+def missing_folders(folder: Path) -> list[Path]:
+    """The folders that creating `folder` creates: itself and each parent that does not exist yet, innermost first;
+    none where it exists."""
+    folder = folder.absolute()
+    return list(itertools.takewhile(lambda path: not path.exists(), (folder, *folder.parents)))
+
+
+def remove_folders(folders: list[Path]) -> None:
+    """Remove the folders `missing_folders` named, once this command created them: the first with all it holds, the
+    parents only while empty (another command's output folder may have come into one since)."""
+    if folders:
+        shutil.rmtree(folders[0], ignore_errors=True)
+    with suppress(OSError):
+        for parent in folders[1:]:
+            parent.rmdir()
+
+
+# The folders Hydra creates for this command's run (RunFolder), while they hold nothing worth keeping: until the run's
+# MLflow run opens (keep_run_folder)
+new_run_folders: list[Path] = []
+
+
+class RunFolder(Callback):
+    """Notes the folders Hydra is about to create for a run (registered under `hydra.callbacks` in the configs), so
+    that a run rejected as bad input before anything ran removes them (reported_as_one_line): no folder of a run that
+    never ran among the real ones. A folder that existed before (`hydra.run.dir=.`, a user's own) is never removed;
+    a sweep's folder is ParentRun's (sweep.py)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        HydraConfig.instance().set_config(config)  # for a `hydra:` value in the folder's name, as when Hydra makes it
+        new_run_folders[:] = missing_folders(Path(config.hydra.run.dir))
+
+
+def keep_run_folder() -> None:
+    """The run's MLflow run opened: its output folder holds its log and files, whatever ends it."""
+    new_run_folders.clear()
+
+
 @contextmanager
 def reported_as_one_line():
-    """Turn bad input into one line on stderr and exit status 2; other errors keep their traceback.
+    """Turn bad input into one line on stderr and exit status 2; other errors keep their traceback. A run rejected so
+    before its MLflow run opened leaves no output folder (RunFolder): nothing ran, and the line says what was wrong.
 
     Used inside the job too: an exception leaving a job makes Hydra print a line of its own first.
     """
@@ -106,6 +149,7 @@ def reported_as_one_line():
         yield
     except (ConfigError, HydraException, OmegaConfBaseException) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
+        remove_folders(new_run_folders)
         sys.exit(2)
 
 
@@ -162,6 +206,26 @@ def unfreeze_at_exit() -> None:
     gc.unfreeze()
 
 
+def command_name() -> str:
+    """The command as the user typed it: `python -m experiments`, not the file Python ran (`__main__.py`)."""
+    spec = sys.modules["__main__"].__spec__
+    return f"python -m {spec.name.removesuffix('.__main__')}" if spec else Path(sys.argv[0]).name
+
+
+def check_flags() -> None:
+    """A flag Hydra does not take (`--foo`, `--cfg foo`) as one line, as bad input, where argparse would print Hydra's
+    usage block under the name of the file Python ran (`usage: __main__.py ...`). Parsed by Hydra's own parser, which
+    then parses the command line again: its flags (--help, --cfg, -m, ...) work as ever."""
+    def refuse(message: str) -> None:
+        print(f"error: {message}; {command_name()} --help lists the options (key=value), --hydra-help the flags",
+              file=sys.stderr)
+        sys.exit(2)
+
+    parser = get_args_parser()
+    parser.error = refuse
+    parser.parse_args()
+
+
 exit_status: int | None = None  # the app's, once it has ended without an uncaught exception (run_app)
 
 
@@ -177,6 +241,7 @@ def run_app(app) -> None:
     """
     global exit_status
     sys.argv = ["hydra.verbose=true" if arg in ("-v", "--verbose") else arg for arg in sys.argv]
+    check_flags()
     # MLflow would give its loggers a console handler of their own when imported; this leaves them to the
     # job's logging config, which sends their lines to the log file
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")

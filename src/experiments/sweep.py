@@ -25,8 +25,9 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from experiments import errors, store
-from experiments.cli import check_objective, check_override_types, error_line, heavy_import
+from experiments import cli, errors, store
+from experiments.cli import (check_objective, check_override_types, error_line, heavy_import, missing_folders,
+                             remove_folders)
 from experiments.ranges import check_ranges
 
 PARENT_FILE = "mlflow_parent_run.json"
@@ -193,6 +194,7 @@ class ParentRun(Callback):
     def __init__(self) -> None:
         # Plain strings only: launchers pickle the callbacks with each job (joblib, submitit).
         self.run_id = self.tracking_uri = None
+        self.new_folders: list[str] = []  # the sweep folder and its parents, where this command creates them
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         # The values every job shares (the config before the swept ones), checked once: each job would fail alike
@@ -232,6 +234,7 @@ class ParentRun(Callback):
                                 tags={"sweep.overrides": overrides})
         self.run_id = run.info.run_id
         sweep_dir = Path(config.hydra.sweep.dir)  # resolved once here: the jobs see the same ${now:} folder
+        self.new_folders = [str(folder) for folder in missing_folders(sweep_dir)]
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_FILE).write_text(json.dumps({"run_id": self.run_id, "swept": keys}))
         client.log_dict(self.run_id, {"overrides": list(config.hydra.overrides.task), "swept": keys},
@@ -280,7 +283,8 @@ class ParentRun(Callback):
     def end_at_exit(self) -> None:
         """The sweep ended before its summary: stopped by a signal (KILLED), or failed. Failed before any job ran (an
         override that does not parse or compose), its parent run is deleted too: a sweep that never started leaves
-        no empty run among the experiment's runs (Hydra's sweep folder keeps its multirun.yaml)."""
+        no empty run among the experiment's runs; rejected so as bad input (exit status 2), nor its sweep folder
+        (multirun.yaml, the parent's id), where this command created it."""
         parent_run_id = self.run_id
         self.end("KILLED" if errors.received_signal else "FAILED")
         if errors.received_signal or parent_run_id is None or self.run_id is not None:  # not ended: the store is away
@@ -291,6 +295,8 @@ class ParentRun(Callback):
         experiment_id = client.get_run(parent_run_id).info.experiment_id
         if not client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=1):
             client.delete_run(parent_run_id)
+            if cli.exit_status == 2:
+                remove_folders([Path(folder) for folder in self.new_folders])
 
     def end(self, status: str) -> None:
         if self.run_id is not None and not store.unreachable(self.tracking_uri):

@@ -17,7 +17,7 @@ from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import store
-from experiments.cli import error_line
+from experiments.cli import error_line, keep_run_folder
 from experiments.errors import Requeued, ServerLost, Stopped, stops_kept
 from experiments.resume import CHECKPOINT, Interrupted
 from experiments.task import apply
@@ -177,6 +177,7 @@ def start_run(config: DictConfig, run_name: str, choices: dict[str, str | None],
     else:
         run = mlflow.start_run(run_name=run_name, tags=tags, parent_run_id=parent_run_id)
         logger = EpochLogger(run_id=run.info.run_id, **options)
+    keep_run_folder()
     try:
         with stops_kept():
             if not resumed:
