@@ -96,7 +96,7 @@ def test_a_sweep_whose_jobs_do_not_compose_leaves_no_run_nor_folder(store, isola
 
 
 def test_a_failed_job_fails_the_sweep_and_its_parent_run(store, isolated):
-    # one-cycle cannot split XOR's 4 steps of 4 epochs into its phases: that job fails as it starts training
+    # one-cycle cannot split XOR's 4 steps of 4 epochs into its phases: that job fails before it trains
     result = cli("-m", "experiments", "-m", "trainer.max_epochs=2,4", "data=xor", *QUIET)
     assert result.returncode != 0
 

@@ -60,6 +60,8 @@ RANGES = {
     "optimizer.momentum": Range(0, 1, high_open=True),
     "scheduler.max_lr": POSITIVE,
     "scheduler.pct_start": Range(0, 1, low_open=True, high_open=True),
+    "scheduler.div_factor": POSITIVE,  # one-cycle's: torch divides by them
+    "scheduler.final_div_factor": POSITIVE,
     "model.hidden_sizes": COUNT,
     "model.init_std": POSITIVE,
     "metrics.accuracy.threshold": Range(also={None: "by the loss: 0 on logits, else 0.5"}),

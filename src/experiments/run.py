@@ -3,10 +3,12 @@ import difflib
 import functools
 import inspect
 import os
+import re
 import tempfile
 import time
 import warnings
-from contextlib import suppress
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from lightning.pytorch.accelerators import AcceleratorRegistry, CPUAccelerator
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -34,7 +36,7 @@ from experiments.compiled import CompiledFit
 from experiments.errors import ConfigError
 from experiments.metrics import class_threshold, configured_metrics
 from experiments.report import epochs_text, log_choices, model_summary, print_model_summary, print_results
-from experiments.task import Task, apply
+from experiments.task import Task, apply, optimizer_steps
 
 
 @dataclass
@@ -80,7 +82,8 @@ def check_one_batch(task: Task, datamodule) -> None:
                        f"make the model's last layer give the data's {datamodule.num_outputs} output(s) per sample")
                 raise ConfigError(f"the model and loss do not fit the data: the loss {loss} compares each output with "
                                   f"its target, but their shapes differ ({shapes}); {fix}")
-            task.loss(outputs, targets)
+            with options_checked("loss", task.loss):  # a function's (loss=mnist_loss), called here first
+                task.loss(outputs, targets)
     except (RuntimeError, ValueError, IndexError) as error:
         detail = str(error).splitlines()[0]
         raise ConfigError(
@@ -95,7 +98,8 @@ def check_one_batch(task: Task, datamodule) -> None:
                 metric.update(outputs, targets)
                 metric.compute()
             else:
-                metric(outputs, targets)
+                with options_checked(f"metrics.{name}", metric):
+                    metric(outputs, targets)
         except (RuntimeError, ValueError, IndexError, TypeError) as error:
             detail = str(error).splitlines()[0].rstrip(".")
             raise ConfigError(f"metrics.{name} does not fit the data ({shapes}): {detail}; change it, or drop it "
@@ -111,10 +115,38 @@ def check_optimizer(task: Task) -> None:
     try:
         task.optimizer(task.model.parameters())
     except (ValueError, TypeError) as error:
-        detail = str(error).splitlines()[0].rstrip(".")
-        options = ", ".join(f"{name}={value}" for name, value in task.optimizer.keywords.items())
-        raise ConfigError(f"torch's {task.optimizer.func.__name__} refuses the optimizer options ({options}): "
-                          f"{detail}; change the one it names") from error
+        raise ConfigError(refused_options_problem("optimizer", task.optimizer, error)) from error
+
+
+def check_scheduler(task: Task, datamodule, trainer: L.Trainer) -> None:
+    """Build the learning-rate schedule for the run's optimizer steps, at its start and at its last step, so that
+    options torch refuses (+scheduler.anneal_strategy=foo, a misspelt +scheduler.<name>) and a run whose length
+    one-cycle cannot split into its phases fail here, in one line, before a run is opened rather than in fit or at
+    its last step. On an optimizer of its own: fit builds the run's (Task.configure_optimizers)."""
+    if task.scheduler is None or hasattr(task.model, "fit"):
+        return
+    steps = optimizer_steps(trainer, datamodule)
+    optimizer = task.optimizer(task.model.parameters())
+    try:
+        task.schedule(optimizer, steps)
+        # resumed at its last step, which it takes at once: one-cycle's last phase, of no steps in some runs
+        task.schedule(optimizer, steps, last_epoch=steps - 1)
+    except ZeroDivisionError:  # one-cycle: a phase of no steps, from pct_start and the run's length
+        raise ConfigError(f"the {task.scheduler.func.__name__} schedule cannot split a run of {steps} optimizer "
+                          f"steps into its phases; change scheduler.pct_start, train for more steps or use "
+                          "scheduler=constant") from None
+    except (ValueError, TypeError) as error:
+        raise ConfigError(refused_options_problem("scheduler", task.scheduler, error)) from error
+
+
+def refused_options_problem(key: str, built: functools.partial, error: Exception) -> str:
+    """A line for the options of `key` (optimizer, scheduler) that torch's class refused in `error`, building
+    `built`: an option it does not have named with the nearest it has, else torch's words."""
+    if problem := unknown_option_problem(key, built.func, built.keywords, error):
+        return problem
+    detail = str(error).splitlines()[0].rstrip(".")
+    options = ", ".join(f"{name}={value}" for name, value in built.keywords.items())
+    return f"torch's {built.func.__name__} refuses the {key} options ({options}): {detail}; change the one it names"
 
 
 def output_dir() -> Path | None:
@@ -203,9 +235,12 @@ def build(config: DictConfig) -> tuple[Task, L.LightningDataModule]:
     """The seeded data module and task (model, loss, metrics, optimizer) of `config`, checked on one batch."""
     import_libraries(config)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    datamodule = instantiate(config.data)
-    model = models.build(config.model, datamodule.input_shape, datamodule.num_outputs, datamodule.target_scale)
-    loss = instantiate(config.loss)
+    with options_checked("data", config.data._target_, config.data):
+        datamodule = instantiate(config.data)
+    with options_checked("model", config.model._target_, config.model):
+        model = models.build(config.model, datamodule.input_shape, datamodule.num_outputs, datamodule.target_scale)
+    with options_checked("loss", config.loss._target_, config.loss):
+        loss = instantiate(config.loss)
     metrics = configured_metrics(instantiate(config.metrics, _convert_="all"), loss)
     scheduler = instantiate(config.scheduler) if config.scheduler else None
     task = Task(model, loss, metrics, instantiate(config.optimizer), scheduler)
@@ -226,7 +261,8 @@ def build_trainer(options: DictConfig, extra_callbacks: list[L.Callback]) -> L.T
     try:
         trainer = instantiate(options, logger=False, callbacks=[*callbacks, *extra_callbacks])
     except InstantiationException as error:
-        problem = accelerator_problem(options.get("accelerator")) or unknown_option_problem(options)
+        problem = (accelerator_problem(options.get("accelerator"))
+                   or unknown_option_problem("trainer", options["_target_"], options, error))
         if problem is None and isinstance(error.__cause__, MisconfigurationException):  # any other option it refuses
             problem = (f"Lightning's Trainer refuses the trainer options: {str(error.__cause__).rstrip('.')}; "
                        "change the one it names")
@@ -251,17 +287,55 @@ def check_manual_optimization(trainer: L.Trainer) -> None:
                           f"multiply data.batch_size by {trainer.accumulate_grad_batches}")
 
 
-def unknown_option_problem(options: dict) -> str | None:
-    """A line naming the trainer options that Lightning's Trainer does not have (a misspelt +trainer.max_epoch=1), with
-    the nearest one it has; None if it has them all. Its own message, an unexpected keyword argument, names no fix."""
-    known = inspect.signature(L.Trainer.__init__).parameters
-    unknown = [name for name in options if name not in known and name != "_target_"]
-    if not unknown:
+UNEXPECTED_KEYWORD = re.compile(r"got an unexpected keyword argument '(\w+)'")  # Python's TypeError
+
+
+def unknown_option_problem(key: str, target: Callable | str, given: Iterable[str], error: BaseException) -> str | None:
+    """A line naming the option of `key` (a config: model, trainer, metrics.accuracy, ...) that `target` (or the
+    dotted path of it, a config's _target_) refused in `error` as an unexpected keyword argument, with the nearest
+    option it takes, else all of them; None for any other error. `given`: the options the config gives. Python's
+    message, which Hydra wraps in its own ("Error in call to target ..."), names neither the option's key nor a fix."""
+    cause = error.__cause__ if isinstance(error, InstantiationException) else error
+    refused = UNEXPECTED_KEYWORD.search(str(cause)) if isinstance(cause, TypeError) else None
+    if refused is None or refused[1] not in given:
         return None
-    name = unknown[0]
-    nearest = difflib.get_close_matches(name, known, n=1)
-    return (f"trainer.{name} is not an option of Lightning's Trainer; "
-            + (f"did you mean trainer.{nearest[0]}?" if nearest else "remove it"))
+    name = refused[1]
+    owner = target if isinstance(target, str) else f"{target.__module__}.{target.__qualname__}"
+    options = target_options(get_object(target) if isinstance(target, str) else target, given, name)
+    nearest = difflib.get_close_matches(name, options, n=1)
+    if nearest:
+        fix = f"did you mean {key}.{nearest[0]}?"
+    else:
+        fix = f"remove it, or use one of its options: {', '.join(options)}" if options else "it takes none: remove it"
+    return f"{key}.{name} is not an option of {owner}; {fix}"
+
+
+def target_options(target: Callable, given: Iterable[str], refused: str) -> list[str]:
+    """The options `target` takes: its keyword parameters with a default or given (the others, such as a model's
+    input_shape or an optimizer's params, the run passes itself); where it passes on any others (a data module's
+    **loader), also the others `given` but the `refused` one."""
+    parameters = inspect.signature(target).parameters.values()
+    options = [parameter.name for parameter in parameters
+               if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+               and (parameter.default is not parameter.empty or parameter.name in given)]
+    if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
+        options += [name for name in given if name not in options and name != refused and not name.startswith("_")]
+    return options
+
+
+@contextmanager
+def options_checked(key: str, target: Callable | str, given: Iterable[str] = ()) -> Iterator[None]:
+    """The block builds or calls `target` with the options of `key` `given` (a partial: its function and keywords):
+    one it refuses as an unexpected keyword argument stops in one line (unknown_option_problem)."""
+    if isinstance(target, functools.partial):
+        target, given = target.func, target.keywords
+    try:
+        yield
+    except (InstantiationException, TypeError) as error:
+        problem = unknown_option_problem(key, target, given, error)
+        if problem is None:
+            raise
+        raise ConfigError(problem) from error
 
 
 def accelerator_problem(name) -> str | None:
@@ -332,6 +406,7 @@ def run(config: DictConfig) -> Result:
     compiled = instantiate(config.trainer.compiled) if config.trainer.get("compiled") else None
     if compiled is not None:
         compiled.check(config.trainer, trainer, task)
+    check_scheduler(task, datamodule, trainer)
     if isinstance(trainer.accelerator, CPUAccelerator):
         # Importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1, so that looking for a GPU does not initialise
         # CUDA (which a forked process could then not use). While CUDA is uninitialised, as it stays in a run on

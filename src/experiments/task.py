@@ -12,7 +12,6 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torchmetrics import Metric
 
 from experiments.data.tensors import take
-from experiments.errors import ConfigError
 from experiments.models.target_scale import TargetScaled
 
 STAGES = ("train", "val", "test")
@@ -254,26 +253,27 @@ class Task(L.LightningModule):
     def on_test_epoch_end(self):
         self._log_epoch("test")
 
-    def optimizer_steps(self) -> int:
-        """The optimizer steps of the whole run: a step per training batch, up to trainer.max_steps (Lightning's
-        estimated_stepping_batches counts its own steps, each of which takes a list of batches here)."""
-        trainer = self.trainer
-        per_epoch = trainer.datamodule.train_dataloader().batches_per_epoch
-        steps = per_epoch * trainer.max_epochs if trainer.max_epochs not in (None, -1) else trainer.max_steps
-        return steps if trainer.max_steps == -1 else min(steps, trainer.max_steps)
-
     def configure_optimizers(self):
         optimizer = self.optimizer(self.model.parameters())
         if self.scheduler is None:
             return optimizer
-        options = {}
-        if "total_steps" in inspect.signature(self.scheduler.func).parameters:  # one-cycle needs the run's length
-            options["total_steps"] = self.optimizer_steps()
-        try:
-            scheduler = self.scheduler(optimizer, **options)
-        except ZeroDivisionError:  # OneCycleLR's phases round to zero steps on very short runs
-            raise ConfigError(f"the {self.scheduler.func.__name__} schedule cannot split a run of "
-                              f"{options['total_steps']} optimizer steps into its phases; "
-                              "train for more steps or use scheduler=constant") from None
+        scheduler = self.schedule(optimizer, optimizer_steps(self.trainer, self.trainer.datamodule))
         # stepped after each optimizer step by training_step (manual optimization steps no scheduler itself)
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def schedule(self, optimizer: torch.optim.Optimizer, total_steps: int,
+                 **options) -> torch.optim.lr_scheduler.LRScheduler:
+        """The configured learning-rate schedule of `optimizer` for a run of `total_steps` optimizer steps, given
+        `options` besides the config's. Checked before a run opens (run.check_scheduler), built again in fit."""
+        if "total_steps" in inspect.signature(self.scheduler.func).parameters:  # one-cycle needs the run's length
+            options["total_steps"] = total_steps
+        return self.scheduler(optimizer, **options)
+
+
+def optimizer_steps(trainer: L.Trainer, datamodule) -> int:
+    """The optimizer steps of a run of `trainer` on `datamodule`: a step per training batch, up to trainer.max_steps
+    (Lightning's estimated_stepping_batches counts its own steps, each of which takes a list of batches here). Known
+    before fit, so that the schedule is checked before a run opens."""
+    per_epoch = datamodule.steps_per_epoch(trainer.world_size)
+    steps = per_epoch * trainer.max_epochs if trainer.max_epochs not in (None, -1) else trainer.max_steps
+    return steps if trainer.max_steps == -1 else min(steps, trainer.max_steps)

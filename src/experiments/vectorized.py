@@ -14,7 +14,6 @@ arithmetic. Epoch values are a single run's (Task.epoch_values): the loss is the
 mean of the per-batch losses, and each metric is computed over all the epoch's samples of each job.
 """
 import copy
-import inspect
 import logging
 import math
 import os
@@ -157,6 +156,7 @@ def prepare(job: Job, trainers: dict[str, L.Trainer]) -> None:
             finally:
                 lightning_log.setLevel(level)
         job.trainer = trainers[trainer_key]
+        run.check_scheduler(job.task, job.datamodule, job.trainer)
         job.reason = obstacle(config, job.task, job.datamodule, job.trainer)
         job.key = group_key(config)
     except Exception as error:  # noqa: BLE001 - the ordinary run reports it in full
@@ -421,15 +421,12 @@ class Group:
     def _optimizer_and_scheduler(self, total_steps: int):
         groups = [{"params": views, **task.optimizer.keywords} for views, _, _, task in self.slices]
         optimizer = self.task.optimizer(groups)
-        schedule = self.task.scheduler
-        if schedule is None:
+        if self.task.scheduler is None:
             return optimizer, None
         options = {}
-        if "total_steps" in inspect.signature(schedule.func).parameters:  # one-cycle needs the run's length
-            options["total_steps"] = total_steps
-        if "max_lr" in schedule.keywords:  # per parameter group
+        if "max_lr" in self.task.scheduler.keywords:  # per parameter group
             options["max_lr"] = [task.scheduler.keywords["max_lr"] for _, _, _, task in self.slices]
-        return optimizer, schedule(optimizer, **options)
+        return optimizer, self.task.schedule(optimizer, total_steps, **options)
 
     def _data(self, name: str):
         splits = [getattr(job.datamodule, name) for job in self.jobs]

@@ -51,7 +51,7 @@ class TensorBatches:
     counted twice.
     """
 
-    def __init__(self, split: Split, batch_size: int, shuffle: bool, generator: torch.Generator,
+    def __init__(self, split: Split, batch_size: int, shuffle: bool, generator: torch.Generator | None,
                  rank: int = 0, world_size: int = 1, equal_shards: bool = False, whole_epoch: bool = True):
         self.split, self.batch_size, self.shuffle = split, batch_size, shuffle
         self.rank, self.world_size, self.equal_shards = rank, world_size, equal_shards
@@ -164,6 +164,12 @@ class TensorDataModule(L.LightningDataModule):
         # per forward call of its wrapped module, which calls the step.
         return TensorBatches(split, self.batch_size, shuffle=self.shuffle and training, generator=generator,
                              rank=rank, world_size=world_size, equal_shards=training, whole_epoch=world_size == 1)
+
+    def steps_per_epoch(self, world_size: int) -> int:
+        """The training batches of an epoch in each of `world_size` processes, as train_dataloader's in fit: the
+        epoch's optimizer steps (task.optimizer_steps), known before a trainer is attached."""
+        return TensorBatches(self.train, self.batch_size, shuffle=False, generator=None, world_size=world_size,
+                             equal_shards=True).batches_per_epoch
 
     def state_dict(self) -> dict:
         """Saved in a run's checkpoints: the generator of the training batches' order."""
