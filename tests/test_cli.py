@@ -270,11 +270,15 @@ def test_rejected_input_leaves_a_folder_that_was_there_before(tmp_path):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
 
 
-def test_an_unknown_flag_is_one_line_naming_the_command():
+def test_an_unknown_flag_or_flags_hydra_refuses_together_are_one_line_naming_the_command():
     hint = "python -m experiments --help lists the options (key=value), --hydra-help the flags"
     for args, error in [(["--foo"], "unrecognized arguments: --foo"),
                         (["--cfg", "jobs"], "argument --cfg/-c: invalid choice: 'jobs' (choose from 'job', 'hydra', "
-                                            "'all')")]:
+                                            "'all')"),
+                        # Hydra's ValueError, with its traceback
+                        (["-m", "--cfg", "hydra"], "--multirun and --cfg cannot be used together: give one of --run, "
+                                                   "--multirun, --cfg, --info, --shell-completion at a time"),
+                        (["--resolve"], "--resolve goes with --cfg or --help only")]:
         result = cli("-m", "experiments", *args)
         assert result.returncode == 2
         assert result.stderr.splitlines() == [f"error: {error}; {hint}"], result.stderr

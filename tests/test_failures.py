@@ -225,15 +225,40 @@ def test_a_signal_that_does_not_reach_the_run_as_itself_still_ends_it_killed(sto
     assert [run.info.status for run in runs] == ["KILLED"] * (2 if "hydra/launcher=vectorized" in sweep else 1)
 
 
-def test_a_signal_in_a_sweep_ends_its_job_and_parent_killed(store):
+def test_a_signal_in_a_sweep_ends_its_job_and_parent_killed_and_says_how_to_run_the_job_left(store):
     process = start("-m", "experiments", "-m", "data=circle", "trainer.max_epochs=100000", "seed=0,1", *QUIET)
     running_run(store, process)
     process.send_signal(signal.SIGTERM)
-    process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=60)
 
     assert process.returncode == 143
     parent, (child,) = parent_and_children(store)  # the second job never started
     assert (parent.info.status, child.info.status) == ("KILLED", "KILLED")
+    not_run = ("job #1 of the sweep's 2 did not run; run it with: python -m experiments -m data=circle "
+               "trainer.max_epochs=100000 seed=1 trainer.enable_progress_bar=False")
+    assert stderr.splitlines()[-2:] == [f"parent run {parent.info.run_id} KILLED: {not_run}",
+                                        "error: stopped by SIGTERM"], stderr
+    assert parent.data.tags["sweep.not_run"] == not_run
+
+
+def test_a_sweep_stopped_gives_the_jobs_it_left_as_few_sweeps_that_run_exactly_them(store):
+    # jobs #1-3 of seed=0,1 x data.n_points=100,200 are no product of values: seed=0 with one number, seed=1 with both
+    process = start("-m", "experiments", "-m", "seed=0,1", "data.n_points=100,200", "data=circle",
+                    "trainer.max_epochs=100000", *QUIET)
+    running_run(store, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 130, stderr
+    parent, (child,) = parent_and_children(store)
+    assert child.info.run_name == "seed=0,data.n_points=100"
+    same = "data=circle trainer.max_epochs=100000 trainer.enable_progress_bar=False"
+    not_run = ["jobs #1-3 of the sweep's 4 did not run; run them with these 2 commands:",
+               f"  python -m experiments -m seed=0 data.n_points=200 {same}",
+               f"  python -m experiments -m seed=1 data.n_points=100,200 {same}"]
+    assert stderr.splitlines()[-4:] == [f"parent run {parent.info.run_id} KILLED: {not_run[0]}", *not_run[1:],
+                                        "error: stopped by SIGINT"], stderr
+    assert parent.data.tags["sweep.not_run"] == "\n".join(not_run)
 
 
 @pytest.mark.parametrize("signum, exit_code, to_group", [(signal.SIGTERM, 143, False), (signal.SIGINT, 130, True)])
@@ -261,6 +286,9 @@ def test_a_signal_stops_a_parallel_sweep_its_jobs_and_parent_killed(store, signu
     assert parent.info.status == "KILLED", stderr
     for child in children:
         assert f"run {child.info.run_id} KILLED; continue it from its last checkpoint with" in stderr
+    assert (f"parent run {parent.info.run_id} KILLED: job #2 of the sweep's 3 did not run; run it with: python -m "
+            "experiments -m hydra/launcher=parallel hydra.launcher.n_jobs=2 data=circle trainer.max_epochs=100000 "
+            "seed=2 trainer.enable_progress_bar=False") in stderr.splitlines(), stderr
 
 
 @pytest.mark.parametrize("checkpoint_folder", [None, "elsewhere"])
@@ -335,6 +363,15 @@ def test_resuming_a_finished_run_is_one_line(store, isolated):
     assert result.stderr.splitlines()[-1] == f"error: resume={run.info.run_id}: the run finished; there is nothing to resume"
     (folder,) = isolated.glob("outputs/*/*")  # the run's own, with its model; the refused resume left none
     assert (folder / "model.pt").is_file()
+
+
+def test_resuming_in_a_folder_with_no_store_is_one_line_and_creates_none(isolated):
+    result = cli("-m", "experiments", "resume=0123456789abcdef")
+    assert result.returncode == 2
+    assert list(isolated.iterdir()) == [], "MLflow created the store to look the run up in"
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: resume=0123456789abcdef: there is no MLflow store at sqlite:///{isolated}/mlflow.db"
+                           " to find the run in;"), line
 
 
 def test_two_sweeps_and_8_runs_started_at_once_into_one_new_store_are_all_recorded_and_nested(store):

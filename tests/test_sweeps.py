@@ -73,6 +73,8 @@ def test_an_objective_metric_no_run_records_is_one_line_naming_those_it_can_befo
     ["trainer.max_epochs=0"], ["optimizer.lr=abc"], ["objective.direction=minimise"], ["objective.metric=val/acc"],
     ["hydra/launcher=parallel", "hydra.launcher.n_jobs=0"],
     ["hydra/launcher=vectorized", "hydra.launcher.max_group_size=0"],
+    # an Optuna search of no trials ended in Optuna's traceback, none at a time in the sweeper's ZeroDivisionError
+    ["hparams_search=mlp_circle", "hydra.sweeper.n_trials=0"], ["hparams_search=mlp_circle", "hydra.sweeper.n_jobs=0"],
 ], ids=lambda shared: shared[-1])
 def test_a_value_every_job_shares_is_checked_once_before_the_sweep_starts(isolated, shared):
     # as each job's: every job would fail alike, after the parent opened (and any other direction than minimize

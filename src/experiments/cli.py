@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import ModuleType
@@ -212,10 +213,15 @@ def command_name() -> str:
     return f"python -m {spec.name.removesuffix('.__main__')}" if spec else Path(sys.argv[0]).name
 
 
+# What Hydra's flags ask of a command (their `dest` in its parser), one at a time (_run_hydra refuses more)
+COMMAND_FLAGS = ("run", "multirun", "cfg", "info", "shell_completion")
+
+
 def check_flags() -> None:
-    """A flag Hydra does not take (`--foo`, `--cfg foo`) as one line, as bad input, where argparse would print Hydra's
-    usage block under the name of the file Python ran (`usage: __main__.py ...`). Parsed by Hydra's own parser, which
-    then parses the command line again: its flags (--help, --cfg, -m, ...) work as ever."""
+    """A flag Hydra does not take (`--foo`, `--cfg foo`), or flags it does not take together (`-m --cfg hydra`), as
+    one line, as bad input, where argparse would print Hydra's usage block under the name of the file Python ran
+    (`usage: __main__.py ...`) and Hydra raise a ValueError. Parsed by Hydra's own parser, which then parses the
+    command line again: its flags (--help, --cfg, -m, ...) work as ever."""
     def refuse(message: str) -> None:
         print(f"error: {message}; {command_name()} --help lists the options (key=value), --hydra-help the flags",
               file=sys.stderr)
@@ -223,10 +229,19 @@ def check_flags() -> None:
 
     parser = get_args_parser()
     parser.error = refuse
-    parser.parse_args()
+    flags = parser.parse_args()
+    names = {dest: f"--{dest.replace('_', '-')}" for dest in COMMAND_FLAGS}
+    given = [name for dest, name in names.items() if getattr(flags, dest) not in (None, False)]
+    if len(given) > 1:
+        refuse(f"{' and '.join(given)} cannot be used together: give one of {', '.join(names.values())} at a time")
+    if flags.resolve and flags.cfg is None and not flags.help:
+        refuse("--resolve goes with --cfg or --help only")
 
 
 exit_status: int | None = None  # the app's, once it has ended without an uncaught exception (run_app)
+# What a stop by a signal ends before the command's last line (`error: stopped by ...`), which its own lines then
+# precede: a sweep's parent run, whose line says which jobs did not run (sweep.ParentRun)
+at_stop: list[Callable[[], None]] = []
 
 
 def run_app(app) -> None:
@@ -258,6 +273,8 @@ def run_app(app) -> None:
             with reported_as_one_line():
                 app()
     except Stopped as stop:
+        for end in at_stop:
+            end()
         print(f"error: {stop}", file=sys.stderr)
         exit_status = stop.exit_code
         sys.exit(stop.exit_code)

@@ -21,7 +21,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import sweep
+from experiments import store, sweep
 from experiments.errors import ConfigError
 
 CHECKPOINT = "last.ckpt"
@@ -65,6 +65,10 @@ def interrupted_run(config: DictConfig, requeued: bool = False) -> Interrupted:
     `requeued`: the run of this SLURM job's earlier start, whose process is over whatever its tags say, and which
     trains from the start (into the same run) where it stopped before its first checkpoint."""
     run_id, tracking_uri = config.resume, config.tracking.tracking_uri
+    if store.not_created(tracking_uri):  # looking the run up would create it: a refused resume leaves nothing
+        raise ConfigError(f"resume={run_id}: there is no MLflow store at {tracking_uri} to find the run in; start the "
+                          "command in the folder of the run's mlflow.db, or set tracking.tracking_uri (or "
+                          "MLFLOW_TRACKING_URI) to its store")
     client = mlflow.MlflowClient(tracking_uri)
     try:
         run = client.get_run(run_id)

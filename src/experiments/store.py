@@ -21,6 +21,13 @@ def sqlite_path(tracking_uri: str) -> Path | None:
     return Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith("sqlite:///") else None
 
 
+def not_created(tracking_uri: str) -> bool:
+    """Whether `tracking_uri` is a SQLite store not created yet: no file, or an empty one. MLflow creates it (its
+    tables) when it first opens it, even only to look something up."""
+    path = sqlite_path(tracking_uri)
+    return path is not None and (not path.exists() or path.stat().st_size == 0)
+
+
 @contextmanager
 def one_process_at_a_time(tracking_uri: str) -> Iterator[None]:
     """Hold an exclusive lock on the folder of a SQLite store (nothing for other stores).
@@ -114,10 +121,9 @@ def experiment_id(tracking_uri: str, experiment_name: str) -> str:
     import mlflow
 
     check_usable(tracking_uri)
-    path = sqlite_path(tracking_uri)
     with one_process_at_a_time(tracking_uri):
-        created = path is not None and (not path.exists() or path.stat().st_size == 0)
-        with stops_held_back(f"the new MLflow store {path} is complete") if created else nullcontext():
+        new = not_created(tracking_uri)
+        with stops_held_back(f"the new MLflow store {sqlite_path(tracking_uri)} is complete") if new else nullcontext():
             client = mlflow.MlflowClient(tracking_uri)
             experiment = client.get_experiment_by_name(experiment_name)  # creates the store's tables
         return experiment.experiment_id if experiment else client.create_experiment(experiment_name)

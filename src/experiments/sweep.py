@@ -15,12 +15,17 @@ Only Hydra and OmegaConf are imported here: Hydra instantiates callbacks for eve
 """
 import atexit
 import json
+import shlex
 import sys
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -65,11 +70,22 @@ def current_job() -> Job | None:
     return Job(parent["run_id"], name or hydra_config.job.override_dirname, hydra_config.job.num, swept)
 
 
+def child_runs(client, parent_run_id: str, where: str = "", order_by: list[str] | None = None) -> list:
+    """Every child run (an MLflow Run) of the sweep's parent run `parent_run_id` that `where` (more of an MLflow
+    filter) names, over all the pages of MLflow's search (a page holds 1,000)."""
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' {where}",
+                                  order_by=order_by, page_token=token)
+        runs += page
+        if not (token := page.token):
+            return runs
+
+
 def child_run(client, job: Job):
     """The child run `job` opened (an MLflow Run), or None where it opened none yet."""
-    experiment_id = client.get_run(job.parent_run_id).info.experiment_id
-    children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{job.parent_run_id}' "
-                                                    f"and tags.`sweep.job` = '{job.number}'")
+    children = child_runs(client, job.parent_run_id, f"and tags.`sweep.job` = '{job.number}'")
     return children[0] if children else None
 
 
@@ -175,6 +191,13 @@ def stop_with_one_line(action: str, error: Exception) -> None:
 
 
 OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+# The launchers that run every job of a sweep from this command, so that a job with no child run after a stop never
+# ran (SLURM's jobs, once sent, go on without it)
+LAUNCHERS_HERE = ("hydra._internal.core_plugins.basic_launcher.BasicLauncher",
+                  "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
+                  "hydra_plugins.experiments_vectorized_launcher.vectorized_launcher.VectorizedLauncher")
+MAX_COMMANDS = 10  # the commands a stopped sweep prints for its jobs that did not run; past it, only their count
 
 
 def check_sweeper(sweeper: DictConfig) -> None:
@@ -188,6 +211,57 @@ def check_sweeper(sweeper: DictConfig) -> None:
             "and best one recorded in the sweep's MLflow runs)")
 
 
+def numbers(indices: list[int]) -> str:
+    """1,2,3,5 as 1-3,5."""
+    runs, start = [], indices[0]
+    for previous, current in zip(indices, indices[1:] + [None]):
+        if current != previous + 1:
+            runs.append(str(start) if start == previous else f"{start}-{previous}")
+            start = current
+    return ",".join(runs)
+
+
+def fixed_jobs(config: DictConfig) -> list[list[str]] | None:
+    """The sweep's jobs in their order, each its overrides (`key=value`: the same keys in the same order), as Hydra's
+    BasicSweeper expands its params and the command line's overrides; None where they are not such a list, all run by
+    this command: another sweeper (Optuna draws each trial once others ended), a shuffled sweep (its order drawn anew
+    each time), another launcher (SLURM's jobs, once sent, go on without it), or a sweep the BasicSweeper refuses."""
+    if config.hydra.sweeper._target_ != BASIC_SWEEPER or config.hydra.launcher._target_ not in LAUNCHERS_HERE:
+        return None
+    params = config.hydra.sweeper.get("params") or {}
+    arguments = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
+    with suppress(HydraException):  # the sweeper says what is wrong as it starts
+        # the config loader: glob(...) reads a config group's options
+        overrides = OverridesParser.create(GlobalHydra.instance().config_loader()).parse_overrides(arguments)
+        if not any(getattr(override.value(), "shuffle", False) for override in overrides
+                   if override.is_sweep_override()):
+            return BasicSweeper.split_arguments(overrides, max_batch_size=None)[0]
+    return None
+
+
+def as_sweeps(jobs: list[list[str]]) -> list[list[list[str]]]:
+    """`jobs` (each its overrides `key=value`, the same keys in the same order) as sweeps of every combination of their
+    values, each a list of its overrides per key: jobs alike but for their first key's value share a sweep, and so on
+    for the keys after it. Jobs #1-5 of a=1,2,3 b=10,20 are the sweeps a=1 b=20 and a=2,3 b=10,20."""
+    if not jobs[0]:
+        return [[]]
+    rests: dict[str, list] = {}  # a first override: the other overrides of each job with it
+    for first, *rest in jobs:
+        rests.setdefault(first, []).append(tuple(rest))
+    firsts: dict[tuple, list[str]] = {}  # the other overrides of some jobs: the first overrides each of them comes with
+    for first, rest in rests.items():
+        firsts.setdefault(tuple(rest), []).append(first)
+    return [[values, *sweep] for rest, values in firsts.items() for sweep in as_sweeps(list(rest))]
+
+
+def sweep_command(sweep: list[list[str]], hydra_overrides: list[str]) -> str:
+    """The command that runs the jobs of `sweep` (one of as_sweeps'), with the Hydra overrides of the sweep they are
+    part of (a launcher, a config search path)."""
+    overrides = [f"{values[0].partition('=')[0]}={','.join(value.partition('=')[2] for value in values)}"
+                 for values in sweep]
+    return f"{cli.command_name()} -m {' '.join(map(shlex.quote, [*hydra_overrides, *overrides]))}"
+
+
 class ParentRun(Callback):
     """The MLflow parent run of a multirun (see the module's docstring)."""
 
@@ -195,6 +269,12 @@ class ParentRun(Callback):
         # Plain strings only: launchers pickle the callbacks with each job (joblib, submitit).
         self.run_id = self.tracking_uri = None
         self.new_folders: list[str] = []  # the sweep folder and its parents, where this command creates them
+        self.jobs: list[list[str]] | None = None  # fixed_jobs': a stop tells from them which did not run
+        self.hydra_overrides: list[str] = []  # the command line's, but -m: what the command for the jobs left keeps
+
+    def __getstate__(self) -> dict:
+        # Without the jobs, which the jobs have no use for: pickled with each, they would grow as the square of them
+        return {**vars(self), "jobs": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         # The values every job shares (the config before the swept ones), checked once: each job would fail alike
@@ -239,7 +319,10 @@ class ParentRun(Callback):
         (sweep_dir / PARENT_FILE).write_text(json.dumps({"run_id": self.run_id, "swept": keys}))
         client.log_dict(self.run_id, {"overrides": list(config.hydra.overrides.task), "swept": keys},
                         "sweep/overrides.json")
-        atexit.register(self.end_at_exit)  # the sweep stopped before on_multirun_end
+        self.jobs = fixed_jobs(config)
+        self.hydra_overrides = [flag for flag in config.hydra.overrides.hydra if flag != "hydra.mode=MULTIRUN"]
+        atexit.register(self.end_at_exit)  # the sweep failed before on_multirun_end
+        cli.at_stop.append(self.end_at_exit)  # or a signal stopped it: ended before the command's last line
 
     def summarise(self, config: DictConfig) -> int:
         """Log the children's table, the best child and the objective plot on the parent, print them, end
@@ -252,8 +335,7 @@ class ParentRun(Callback):
         keys = json.loads((sweep_dir / PARENT_FILE).read_text())["swept"]
         if (sweep_dir / "optimization_results.yaml").is_file():  # the Optuna sweeper's best trial
             client.log_artifact(self.run_id, str(sweep_dir / "optimization_results.yaml"), "sweep")
-        runs = client.search_runs([client.get_run(self.run_id).info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{self.run_id}'", order_by=["attributes.start_time"])
+        runs = child_runs(client, self.run_id, order_by=["attributes.start_time"])
         runs.sort(key=lambda run: int(run.data.tags.get("sweep.job", len(runs))))  # in job order, parallel or not
         table = children_table(runs, keys)
         client.log_table(self.run_id, table, "sweep/children.json")
@@ -281,22 +363,57 @@ class ParentRun(Callback):
         return failed
 
     def end_at_exit(self) -> None:
-        """The sweep ended before its summary: stopped by a signal (KILLED), or failed. Failed before any job ran (an
-        override that does not parse or compose), its parent run is deleted too: a sweep that never started leaves
-        no empty run among the experiment's runs; rejected so as bad input (exit status 2), nor its sweep folder
-        (multirun.yaml, the parent's id), where this command created it."""
+        """The sweep ended before its summary: stopped by a signal (KILLED, see end_stopped), or failed. Failed before
+        any job ran (an override that does not parse or compose), its parent run is deleted too: a sweep that never
+        started leaves no empty run among the experiment's runs; rejected so as bad input (exit status 2), nor its
+        sweep folder (multirun.yaml, the parent's id), where this command created it."""
         parent_run_id = self.run_id
-        self.end("KILLED" if errors.received_signal else "FAILED")
-        if errors.received_signal or parent_run_id is None or self.run_id is not None:  # not ended: the store is away
+        if parent_run_id is None:  # ended: summarised, or stopped
+            return
+        if errors.received_signal:
+            self.end_stopped()
+            return
+        self.end("FAILED")
+        if self.run_id is not None:  # not ended: the store is away
             return
         import mlflow
 
         client = mlflow.MlflowClient(self.tracking_uri)
-        experiment_id = client.get_run(parent_run_id).info.experiment_id
-        if not client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=1):
+        if not child_runs(client, parent_run_id):
             client.delete_run(parent_run_id)
             if cli.exit_status == 2:
                 remove_folders([Path(folder) for folder in self.new_folders])
+
+    def end_stopped(self) -> None:
+        """A signal stopped the sweep: its parent run ends KILLED, and where the sweep's jobs are a list the command ran
+        (fixed_jobs), a line says which of them did not run and the commands that run them (the parent run's tag
+        `sweep.not_run` too). A job with no child run did not run, as far as anything recorded: a job opens its run
+        before it trains, and one that fails before is given one (record_failed_job)."""
+        import mlflow
+
+        client = mlflow.MlflowClient(self.tracking_uri)
+        if not store.unreachable(self.tracking_uri) and (not_run := self.not_run(client)):
+            client.set_tag(self.run_id, "sweep.not_run", not_run)
+            print(f"parent run {self.run_id} KILLED: {not_run}", file=sys.stderr)
+        self.end("KILLED")
+
+    def not_run(self, client) -> str | None:
+        """Which jobs of the sweep have no child run, and the commands that run them; None where every job has one, or
+        the sweep's jobs are not a list fixed in advance."""
+        if not self.jobs:
+            return None
+        ran = {run.data.tags.get("sweep.job") for run in child_runs(client, self.run_id)}
+        left = [number for number in range(len(self.jobs)) if str(number) not in ran]
+        if not left:
+            return None
+        commands = [sweep_command(sweep, self.hydra_overrides) for sweep in as_sweeps([self.jobs[n] for n in left])]
+        jobs, them = ("jobs", "them") if len(left) > 1 else ("job", "it")
+        text = f"{jobs} #{numbers(left)} of the sweep's {len(self.jobs)} did not run; run {them} with"
+        if len(commands) == 1:
+            return f"{text}: {commands[0]}"
+        more = [f"  and {len(commands) - MAX_COMMANDS} more commands"] if len(commands) > MAX_COMMANDS else []
+        return "\n".join([f"{text} these {len(commands)} commands:", *(f"  {c}" for c in commands[:MAX_COMMANDS]),
+                          *more])
 
     def end(self, status: str) -> None:
         if self.run_id is not None and not store.unreachable(self.tracking_uri):

@@ -37,6 +37,7 @@ from experiments.cli import check_override_types
 from experiments.errors import Diverged
 from experiments.report import epochs_text, model_summary, print_model_summary, print_results
 from experiments.models.target_scale import TargetScaled
+from experiments.sweep import numbers
 from experiments.task import Task
 
 # Config keys in which the jobs of a group may differ: what seeds the data and the initial weights,
@@ -268,16 +269,6 @@ def plan(jobs: list[Job], max_group_size: int | None, memory_budget_mb: float | 
     if alone:
         line += "; one by one: " + ", ".join(f"#{job.index} ({job.reason})" for job in alone)
     return groups, alone, line
-
-
-def numbers(indices: list[int]) -> str:
-    """1,2,3,5 as 1-3,5."""
-    runs, start = [], indices[0]
-    for previous, current in zip(indices, indices[1:] + [None]):
-        if current != previous + 1:
-            runs.append(str(start) if start == previous else f"{start}-{previous}")
-            start = current
-    return ",".join(runs)
 
 
 def differences(jobs: list[Job]) -> str:
