@@ -274,7 +274,10 @@ def run_app(app) -> None:
                 app()
     except Stopped as stop:
         for end in at_stop:
-            end()
+            try:
+                end()
+            except Exception as error:  # noqa: BLE001 - the stop's line and exit status still come last
+                print(f"error: ending the sweep at the stop failed: {error_line(error)}", file=sys.stderr)
         print(f"error: {stop}", file=sys.stderr)
         exit_status = stop.exit_code
         sys.exit(stop.exit_code)
