@@ -225,6 +225,42 @@ def test_a_signal_that_does_not_reach_the_run_as_itself_still_ends_it_killed(sto
     assert [run.info.status for run in runs] == ["KILLED"] * (2 if "hydra/launcher=vectorized" in sweep else 1)
 
 
+# A sitecustomize.py that delivers SIGTERM to the command as soon as MLflow's first batch of metrics is written to its
+# SQLite store, in that statement's transaction: where SQLAlchemy closed the connection without its cursor, and
+# SQLite kept the transaction's lock until the process ended
+SIGTERM_IN_A_METRICS_WRITE = """
+import signal
+from sqlalchemy.engine.default import DefaultDialect
+
+executemany = DefaultDialect.do_executemany
+
+def first_metrics_write(self, cursor, statement, *args, **kwargs):
+    executemany(self, cursor, statement, *args, **kwargs)
+    if statement.startswith("INSERT INTO metrics"):
+        DefaultDialect.do_executemany = executemany
+        signal.raise_signal(signal.SIGTERM)
+
+DefaultDialect.do_executemany = first_metrics_write
+"""
+
+
+@pytest.mark.parametrize("sweep", [[], ["-m", "seed=0,1"]], ids=["run", "sweep"])
+def test_a_signal_while_mlflow_writes_to_the_store_leaves_the_store_to_the_clean_up(store, isolated, sweep):
+    """The stopped run's last metrics and status, and a sweep's parent's, went to a store locked by the stopped
+    statement: each write waited 20 s for the lock and failed, the runs left RUNNING, the exit status 1."""
+    (isolated / "injected").mkdir()
+    (isolated / "injected" / "sitecustomize.py").write_text(SIGTERM_IN_A_METRICS_WRITE)
+    result = cli("-m", "experiments", *sweep, "data=xor", "trainer.max_epochs=1", *QUIET,
+                 env={"PYTHONPATH": os.pathsep.join([str(isolated / "injected"), str(ROOT / "src")])})
+
+    assert result.returncode == 143, result.stderr
+    assert result.stderr.splitlines()[-1] == "error: stopped by SIGTERM"
+    runs = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
+    assert [run.info.status for run in runs] == ["KILLED"] * (2 if sweep else 1)  # a sweep: its parent and first job
+    (run,) = [run for run in runs if "sweep.overrides" not in run.data.tags]
+    assert "train/loss" in run.data.metrics  # the batch the signal cut short, sent again as the run ended
+
+
 def test_a_signal_in_a_sweep_ends_its_job_and_parent_killed_and_says_how_to_run_the_job_left(store):
     process = start("-m", "experiments", "-m", "data=circle", "trainer.max_epochs=100000", "seed=0,1", *QUIET)
     running_run(store, process)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+from experiments import errors
 from experiments.errors import ConfigError, stops_held_back
 
 SERVER_TIMEOUT_SECONDS = 5  # MLflow's own client retries an unreachable server for minutes
@@ -121,9 +122,34 @@ def experiment_id(tracking_uri: str, experiment_name: str) -> str:
     import mlflow
 
     check_usable(tracking_uri)
+    if sqlite_path(tracking_uri) is not None:
+        keep_connections_on_stops()
     with one_process_at_a_time(tracking_uri):
         new = not_created(tracking_uri)
         with stops_held_back(f"the new MLflow store {sqlite_path(tracking_uri)} is complete") if new else nullcontext():
             client = mlflow.MlflowClient(tracking_uri)
             experiment = client.get_experiment_by_name(experiment_name)  # creates the store's tables
         return experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+
+
+def keep_connections_on_stops() -> None:
+    """A signal's stop raised amid a statement to a SQLite store leaves the store unlocked for the runs' clean-up.
+
+    SQLAlchemy takes an exception that is no Exception for a connection cut in mid-statement, and closes the
+    connection without closing its cursor: SQLite keeps such a connection, its transaction and its lock until the
+    cursor goes, which the stop's traceback holds. Every write after it, from this process (the stopped run's
+    metrics and status) or another (a sweep's parent, the other workers), then waited for the lock for MLflow's
+    20 s and failed, the run left RUNNING. A signal's stop comes between two Python instructions, after the
+    statement's C call returned: the connection is sound, and kept; its transaction is rolled back as MLflow's
+    session closes."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    if not event.contains(Engine, "handle_error", connection_kept_on_stop):
+        event.listen(Engine, "handle_error", connection_kept_on_stop)
+
+
+def connection_kept_on_stop(context) -> None:
+    """SQLAlchemy's handle_error event (keep_connections_on_stops)."""
+    if context.original_exception is errors.signal_stop:
+        context.is_disconnect = False
