@@ -166,11 +166,12 @@ def test_a_run_stopped_before_its_first_checkpoint_says_to_run_it_again_not_to_r
     assert store.get_run(run.info.run_id).info.status == "KILLED"
 
 
-# A sitecustomize.py that delivers SIGTERM to the command at the first call of a method: where a signal's exception
+# A sitecustomize.py that delivers a signal to the command at the first call of a method: where a signal's exception
 # does not reach the code above it as itself. Inside a weakref callback, as the garbage collector runs them (Python
-# drops an exception raised there, printing "Exception ignored in ..."), or inside C code that drops it and raises an
-# error of its own (matplotlib's pybind11 converters: "ValueError: Invalid bounding box", seen in this suite once).
-SIGTERM_AT_FIRST_CALL = """
+# drops an exception raised there, printing "Exception ignored in ..."), inside C code that drops it and raises an
+# error of its own (matplotlib's pybind11 converters: "ValueError: Invalid bounding box", seen in this suite once), or
+# inside code that drops it without a trace (C code that clears the error).
+SIGNAL_AT_FIRST_CALL = """
 import signal, weakref
 from {module} import {cls}
 
@@ -180,15 +181,18 @@ def in_a_weakref_callback():
     class Referent:
         pass
     referent = Referent()
-    reference = weakref.ref(referent, lambda _: signal.raise_signal(signal.SIGTERM))
+    reference = weakref.ref(referent, lambda _: signal.raise_signal(signal.{signum}))
     del referent
 
 def replaced_by_an_error():
+    dropped()
+    raise ValueError("Invalid bounding box")
+
+def dropped():
     try:
-        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.{signum})
     except BaseException:
         pass
-    raise ValueError("Invalid bounding box")
 
 def first_call(self, *args, **kwargs):
     {cls}.{method} = method
@@ -210,7 +214,7 @@ SAVING_A_FIGURE = {"module": "matplotlib.figure", "cls": "Figure", "method": "sa
 ], ids=["weakref-callback", "error", "error-sweep", "error-vectorized-group"])
 def test_a_signal_that_does_not_reach_the_run_as_itself_still_ends_it_killed(store, isolated, where, at, sweep):
     (isolated / "injected").mkdir()
-    (isolated / "injected" / "sitecustomize.py").write_text(SIGTERM_AT_FIRST_CALL.format(where=where, **at))
+    (isolated / "injected" / "sitecustomize.py").write_text(SIGNAL_AT_FIRST_CALL.format(where=where, signum="SIGTERM", **at))
     result = cli("-m", "experiments", *sweep, "data=xor", "trainer.max_epochs=1", *QUIET,
                  env={"PYTHONPATH": os.pathsep.join([str(isolated / "injected"), str(ROOT / "src")])})
 
@@ -223,6 +227,35 @@ def test_a_signal_that_does_not_reach_the_run_as_itself_still_ends_it_killed(sto
         runs = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
     # the basic launcher's second job never started; a vectorised group's jobs trained together
     assert [run.info.status for run in runs] == ["KILLED"] * (2 if "hydra/launcher=vectorized" in sweep else 1)
+
+
+BACKWARD = {"module": "torch", "cls": "Tensor", "method": "backward"}
+
+
+@pytest.mark.parametrize("signum, at, options", [
+    ("SIGINT", BACKWARD, ["trainer.max_epochs=1", "data.batch_size=1", "scheduler=constant"]),  # 4 steps, 1 call
+    ("SIGTERM", BACKWARD, ["trainer.max_epochs=2"]),  # a step an epoch: Lightning, which saw the SIGTERM, ends the fit
+    ("SIGINT", {"module": "experiments.compiled", "cls": "CompiledEpoch", "method": "__init__"},
+     ["trainer.max_epochs=1", "trainer=compiled", "scheduler=constant"]),  # stopped before its first epoch compiles
+    ("SIGINT", BACKWARD, ["-m", "hydra/launcher=vectorized", "seed=0,1", "trainer.max_epochs=1", "data.batch_size=1",
+                          "scheduler=constant"]),
+], ids=["lightning-loop", "lightning-loop-sigterm", "compiled-loop", "vectorized-group"])
+def test_a_signal_whose_stop_is_dropped_without_a_trace_still_stops_training_and_ends_the_run_killed(
+        store, isolated, signum, at, options):
+    """A stop dropped by code that raises nothing of its own: training went on to its end, the run FINISHED (a worker
+    of hydra/launcher=parallel trained on until the launching process killed it, its run left RUNNING); after a
+    SIGTERM, Lightning ended the fit with a SystemExit: the run FAILED, the command's exit status 0."""
+    (isolated / "injected").mkdir()
+    (isolated / "injected" / "sitecustomize.py").write_text(SIGNAL_AT_FIRST_CALL.format(where="dropped",
+                                                                                        signum=signum, **at))
+    result = cli("-m", "experiments", *options, "data=xor", *QUIET,
+                 env={"PYTHONPATH": os.pathsep.join([str(isolated / "injected"), str(ROOT / "src")])})
+
+    assert result.returncode == 128 + signal.Signals[signum], result.stderr
+    assert result.stderr.splitlines()[-1] == f"error: stopped by {signum}"
+    runs = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
+    vectorized = "hydra/launcher=vectorized" in options
+    assert [run.info.status for run in runs] == ["KILLED"] * (3 if vectorized else 1)  # a sweep: its parent, 2 jobs
 
 
 # A sitecustomize.py that delivers SIGTERM to the command as soon as MLflow's first batch of metrics is written to its

@@ -32,6 +32,7 @@ import torch
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig
 
+from experiments import errors
 from experiments.callbacks import LastCheckpoint, RandomStates, StopOnDivergence
 from experiments.data.tensors import take
 from experiments.errors import ConfigError
@@ -191,6 +192,8 @@ class CompiledFit:
         start = time.perf_counter()
         try:
             for epoch in range(trainer.max_epochs):
+                if errors.signal_stop is not None:  # a stop dropped on its way out (errors.signal_handler)
+                    errors.raise_stop_again()
                 order = train.order()  # drawn on the CPU, as for Lightning's loop; indexes the split where it is
                 order = None if order is None else order.to(train.split.targets.device)
                 outputs, losses = program(train.split.inputs, train.split.targets, order)

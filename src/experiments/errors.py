@@ -72,7 +72,15 @@ def stop_on_signals() -> None:
 
 def signal_handler(stop: Callable[[int], NoReturn]) -> Callable:
     """A signal handler that raises what `stop(signum)` raises at the first signal, and ignores the later ones (a
-    second Ctrl-C while stopping must not interrupt the clean-up), but for the one deliver_dropped_stop sends."""
+    second Ctrl-C while stopping must not interrupt the clean-up), but for the one deliver_dropped_stop sends.
+
+    Code the signal interrupts may also drop the stop without a trace (C code that clears the error and raises
+    nothing of its own): training would go on, to its end or, in a worker of the joblib launcher, until the
+    launching process kills it, its run left RUNNING. So the training loops (Task.training_step, trainer=compiled's
+    and the vectorised launcher's) raise `signal_stop` again at their next batch (epoch, for the compiled one) once
+    it is set: while they train, no stop is on its way out. A later signal is still ignored, not taken for a lost
+    stop: the handler cannot tell one from a stop whose clean-up runs, and a joblib worker stopped by Ctrl-C gets a
+    second SIGINT as a rule (the process group's, then the one stop_workers forwards), often in that clean-up."""
 
     def handle(signum, frame):
         global received_signal, signal_stop, stop_dropped, held_signal
@@ -111,6 +119,14 @@ def deliver_dropped_stop(unraisable) -> None:
     again.start()
 
 
+def raise_stop_again() -> NoReturn:
+    """Raise the signal's stop again, from a training loop that reached its next batch after it: the stop was dropped
+    on its way out (signal_handler)."""
+    global stop_dropped
+    stop_dropped = False  # on its way out again: deliver_dropped_stop's raise, due in 10 ms, would cut the clean-up
+    raise signal_stop
+
+
 @contextmanager
 def stops_held_back(until: str) -> Iterator[None]:
     """Finish the block before a signal's stop, then stop: for work that a stop in its middle would leave broken for
@@ -131,12 +147,14 @@ def stops_held_back(until: str) -> Iterator[None]:
 def stops_kept() -> Iterator[None]:
     """Keep a signal's stop itself on its way out of the block. C code that the signal interrupted may put an
     error of its own in its place (matplotlib's pybind11 converters drop it and raise "ValueError: Invalid
-    bounding box"): the run would end FAILED, and a sweep go on to its next job. An error raised after the stop
-    came through here is an error of its own (one in the clean-up of the stopped runs)."""
+    bounding box"): the run would end FAILED, and a sweep go on to its next job. So may Lightning, for a SIGTERM
+    whose stop was dropped (signal_handler): it saw the signal too, and ends the fit with a SystemExit of its own
+    (SIGTERMException), the run FAILED and the command's exit status 0. An error raised after the stop came through
+    here is an error of its own (one in the clean-up of the stopped runs)."""
     global stop_reached
     try:
         yield
-    except Exception as error:  # never the stop itself, a BaseException
+    except (Exception, SystemExit) as error:  # never the stop itself, a BaseException
         if signal_stop is None or stop_reached:
             raise
         stop_reached = True

@@ -11,6 +11,7 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torchmetrics import Metric
 
+from experiments import errors
 from experiments.data.tensors import take
 from experiments.models.target_scale import TargetScaled
 
@@ -154,6 +155,8 @@ class Task(L.LightningModule):
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         max_steps, record = self.trainer.max_steps, self.epoch_outputs["train"]
         for inputs, targets in batches:
+            if errors.signal_stop is not None:  # a stop dropped on its way out (errors.signal_handler)
+                errors.raise_stop_again()
             outputs = apply(self.model, inputs)
             loss, optimised = self.losses(outputs, targets)
             optimizer.zero_grad()

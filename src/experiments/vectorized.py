@@ -31,7 +31,7 @@ from mlflow.entities import Metric as LoggedMetric
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from torch.func import functional_call, stack_module_state, vmap
 
-from experiments import resume, run, store, sweep, tracking
+from experiments import errors, resume, run, store, sweep, tracking
 from experiments.callbacks import StopOnDivergence
 from experiments.cli import check_override_types
 from experiments.errors import Diverged
@@ -468,6 +468,8 @@ class Group:
                 order = torch.stack([torch.randperm(rows, generator=g) for g in generators]).to(self.device)
             outputs, targets = [], []
             for start in range(0, rows, batch_size):
+                if errors.signal_stop is not None:  # a stop dropped on its way out (errors.signal_handler)
+                    errors.raise_stop_again()
                 # stored order: a slice, which indexes without copying; else each job's own order
                 index = ((slice(None), slice(start, start + batch_size)) if order is None
                          else (job_rows, order[:, start : start + batch_size]))
