@@ -379,7 +379,9 @@ class ParentRun(Callback):
         import mlflow
 
         client = mlflow.MlflowClient(self.tracking_uri)
-        if not child_runs(client, parent_run_id):
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
+        # whether it has any child: one is enough (child_runs would read every page of a failed sweep's children)
+        if not client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=1):
             client.delete_run(parent_run_id)
             if cli.exit_status == 2:
                 remove_folders([Path(folder) for folder in self.new_folders])
