@@ -4,6 +4,7 @@ tracking server lost in a run gets its records when it is back."""
 import json
 import math
 import os
+import shlex
 import signal
 import time
 from pathlib import Path
@@ -294,8 +295,12 @@ def test_a_signal_while_mlflow_writes_to_the_store_leaves_the_store_to_the_clean
     assert "train/loss" in run.data.metrics  # the batch the signal cut short, sent again as the run ended
 
 
-def test_a_signal_in_a_sweep_ends_its_job_and_parent_killed_and_says_how_to_run_the_job_left(store):
-    process = start("-m", "experiments", "-m", "data=circle", "trainer.max_epochs=100000", "seed=0,1", *QUIET)
+def test_a_signal_in_a_sweep_ends_its_job_and_parent_killed_and_says_how_to_run_the_job_left(store, isolated):
+    # the sweep with the user's own config (-cd, -cn), which the command for the job left names too
+    (isolated / "my_conf").mkdir()
+    (isolated / "my_conf" / "mine.yaml").write_text("defaults: [config, _self_]\noptimizer: {weight_decay: 0.001}\n")
+    process = start("-m", "experiments", "-cd", "my_conf", "-cn", "mine", "-m", "data=circle",
+                    "trainer.max_epochs=100000", "model.hidden_sizes=[8,8],[4]", *QUIET)
     running_run(store, process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
@@ -303,11 +308,18 @@ def test_a_signal_in_a_sweep_ends_its_job_and_parent_killed_and_says_how_to_run_
     assert process.returncode == 143
     parent, (child,) = parent_and_children(store)  # the second job never started
     assert (parent.info.status, child.info.status) == ("KILLED", "KILLED")
-    not_run = ("job #1 of the sweep's 2 did not run; run it with: python -m experiments -m data=circle "
-               "trainer.max_epochs=100000 seed=1 trainer.enable_progress_bar=False")
+    assert child.info.run_name == "model.hidden_sizes=[8,8]", "named as the override is written"
+    not_run = (f"job #1 of the sweep's 2 did not run; run it with: python -m experiments -cd {isolated}/my_conf -cn "
+               "mine -m data=circle trainer.max_epochs=100000 'model.hidden_sizes=[4]' trainer.enable_progress_bar=False")
     assert stderr.splitlines()[-2:] == [f"parent run {parent.info.run_id} KILLED: {not_run}",
                                         "error: stopped by SIGTERM"], stderr
     assert parent.data.tags["sweep.not_run"] == not_run
+    # the command as printed, one epoch of it into an experiment of its own: that job, with the user's config
+    python, *command = shlex.split(not_run.partition("run it with: ")[2])
+    result = cli(*command, "trainer.max_epochs=1", "tracking.experiment_name=again")
+    assert result.returncode == 0, result.stderr
+    (again,) = store.search_runs([store.get_experiment_by_name("again").experiment_id], "tags.`sweep.job` = '0'")
+    assert (again.data.params["model.hidden_sizes"], again.data.params["optimizer.weight_decay"]) == ("[4]", "0.001")
 
 
 def test_a_sweep_stopped_gives_the_jobs_it_left_as_few_sweeps_that_run_exactly_them(store):

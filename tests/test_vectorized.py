@@ -336,10 +336,13 @@ def assert_not_resumed(run, command: list[str]) -> None:
 def test_a_signal_stops_a_training_group_with_each_job_recorded_killed_and_no_run_left_running(isolated):
     # SGD at lr 10 on MEDV's own units diverges in epoch 1 (as above): that job fails; the two others train until the
     # signal, then each is a KILLED child with the epochs it completed, which resume= refuses with the command to run
-    # it again
+    # it again: with the user's own config (-cd, -cn) but not the launcher's options, which a single run does not take
+    (isolated / "my_conf").mkdir()
+    (isolated / "my_conf" / "mine.yaml").write_text("defaults: [config, _self_]\ndata: {standardize_target: false}\n")
     client, stderr = stopped_while_training(
-        [*VECTORIZED, "data=house_prices", "data.standardize_target=false", "optimizer=sgd", "scheduler=constant",
-         "optimizer.lr=10,0.001,0.002"], "vectorized: 3 of 3 jobs in 1 group(s)", isolated)
+        ["-m", "experiments", "-cd", "my_conf", "-cn", "mine", *VECTORIZED[2:], "hydra.launcher.max_group_size=3",
+         "data=house_prices", "optimizer=sgd", "scheduler=constant", "optimizer.lr=10,0.001,0.002"],
+        "vectorized: 3 of 3 jobs in 1 group(s)", isolated)
     jobs = children(client)
     assert {name: run.info.status for name, run in jobs.items()} == {
         "optimizer.lr=10": "FAILED", "optimizer.lr=0.001": "KILLED", "optimizer.lr=0.002": "KILLED"}
@@ -351,6 +354,11 @@ def test_a_signal_stops_a_training_group_with_each_job_recorded_killed_and_no_ru
         assert run.data.params["optimizer.lr"] == lr and run.data.params["data.standardize_target"] == "False"
         command = assert_killed_with_its_epochs(client, run, stderr, isolated)
     assert_not_resumed(run, command)
+    assert command[2:6] == ["-cd", f"{isolated}/my_conf", "-cn", "mine"]
+    # the last command as printed, one epoch of it into an experiment of its own
+    assert cli(*command, "trainer.max_epochs=1", "tracking.experiment_name=again").returncode == 0
+    (again,) = client.search_runs([client.get_experiment_by_name("again").experiment_id])
+    assert (again.data.params["optimizer.lr"], again.data.params["data.standardize_target"]) == ("0.002", "False")
 
 
 def test_a_signal_stops_a_batch_of_optuna_trials_each_killed_and_runnable_again_alone(isolated):

@@ -12,8 +12,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import errors, store, sweep
-from experiments.cli import (check_objective, check_override_types, heavy_import, log_warning, objective_value,
-                             reported_as_one_line, run_app)
+from experiments.cli import (CONFIG_NAME, CONFIG_PATH, check_objective, check_override_types, heavy_import,
+                             log_warning, objective_value, reported_as_one_line, run_app)
 from experiments.errors import worker_stops_on_signals
 from experiments.ranges import check_ranges
 
@@ -32,7 +32,7 @@ def objective(config: DictConfig) -> float:
         return objective_value(config, run(config).metrics)
 
 
-@hydra.main(config_path="pkg://experiments.conf", config_name="config", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name=CONFIG_NAME, version_base="1.3")
 def app(config: DictConfig) -> float | None:
     """Run one experiment; return the objective's final value, for Hydra's sweepers to optimise.
 

@@ -213,6 +213,24 @@ def command_name() -> str:
     return f"python -m {spec.name.removesuffix('.__main__')}" if spec else Path(sys.argv[0]).name
 
 
+# The config `python -m experiments` composes (its hydra.main's); a command given another (-cp, -cd, -cn) has it named
+# in the commands it prints
+CONFIG_PATH, CONFIG_NAME = "pkg://experiments.conf", "config"
+
+
+def config_flags(hydra_config: DictConfig) -> list[str]:
+    """The flags (`-cp`, `-cd`, `-cn`) that chose the config of the command whose `hydra` node is `hydra_config`,
+    where it gave any, for a command it prints to run some of its jobs again with that config: Hydra keeps them not
+    among its overrides but in the config sources it searched and the config name."""
+    flags = []
+    for source in hydra_config.runtime.config_sources:
+        if source.provider == "main" and f"{source.schema}://{source.path}" != CONFIG_PATH:
+            flags += ["-cp", f"pkg://{source.path}" if source.schema == "pkg" else source.path]  # a file's: absolute
+        elif source.provider == "command-line":  # -cd, a folder's absolute path
+            flags += ["-cd", source.path]
+    return flags + (["-cn", hydra_config.job.config_name] if hydra_config.job.config_name != CONFIG_NAME else [])
+
+
 # What Hydra's flags ask of a command (their `dest` in its parser), one at a time (_run_hydra refuses more)
 COMMAND_FLAGS = ("run", "multirun", "cfg", "info", "shell_completion")
 

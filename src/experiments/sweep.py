@@ -64,9 +64,11 @@ def current_job() -> Job | None:
     if not path.is_file():  # the callback is not registered (a user's own config): plain runs
         return None
     parent = json.loads(path.read_text())
-    overrides = OverridesParser.create().parse_overrides(list(hydra_config.overrides.task))
-    swept = {o.key_or_group: str(o.value()) for o in overrides if o.key_or_group in parent["swept"]}
-    name = ",".join(f"{key}={value}" for key, value in swept.items())
+    overrides = [override for override in OverridesParser.create().parse_overrides(list(hydra_config.overrides.task))
+                 if override.key_or_group in parent["swept"]]
+    swept = {o.key_or_group: str(o.value()) for o in overrides}  # as the run's params show them
+    # named by its overrides as written (`model.hidden_sizes=[8,8]`), not as Python prints their values ([8, 8])
+    name = ",".join(f"{o.key_or_group}={o.get_value_element_as_str()}" for o in overrides)
     return Job(parent["run_id"], name or hydra_config.job.override_dirname, hydra_config.job.num, swept)
 
 
@@ -254,12 +256,12 @@ def as_sweeps(jobs: list[list[str]]) -> list[list[list[str]]]:
     return [[values, *sweep] for rest, values in firsts.items() for sweep in as_sweeps(list(rest))]
 
 
-def sweep_command(sweep: list[list[str]], hydra_overrides: list[str]) -> str:
-    """The command that runs the jobs of `sweep` (one of as_sweeps'), with the Hydra overrides of the sweep they are
-    part of (a launcher, a config search path)."""
+def sweep_command(sweep: list[list[str]], hydra_arguments: list[str]) -> str:
+    """The command that runs the jobs of `sweep` (one of as_sweeps'), with the config flags, -m and Hydra overrides of
+    the sweep they are part of (a config folder, a launcher, a config search path)."""
     overrides = [f"{values[0].partition('=')[0]}={','.join(value.partition('=')[2] for value in values)}"
                  for values in sweep]
-    return f"{cli.command_name()} -m {' '.join(map(shlex.quote, [*hydra_overrides, *overrides]))}"
+    return f"{cli.command_name()} {shlex.join([*hydra_arguments, *overrides])}"
 
 
 class ParentRun(Callback):
@@ -270,7 +272,8 @@ class ParentRun(Callback):
         self.run_id = self.tracking_uri = None
         self.new_folders: list[str] = []  # the sweep folder and its parents, where this command creates them
         self.jobs: list[list[str]] | None = None  # fixed_jobs': a stop tells from them which did not run
-        self.hydra_overrides: list[str] = []  # the command line's, but -m: what the command for the jobs left keeps
+        self.hydra_arguments: list[str] = []  # the command line's config flags, -m and Hydra overrides: what the
+                                              # command for the jobs left keeps
 
     def __getstate__(self) -> dict:
         # Without the jobs, which the jobs have no use for: pickled with each, they would grow as the square of them
@@ -320,7 +323,8 @@ class ParentRun(Callback):
         client.log_dict(self.run_id, {"overrides": list(config.hydra.overrides.task), "swept": keys},
                         "sweep/overrides.json")
         self.jobs = fixed_jobs(config)
-        self.hydra_overrides = [flag for flag in config.hydra.overrides.hydra if flag != "hydra.mode=MULTIRUN"]
+        self.hydra_arguments = [*cli.config_flags(config.hydra), "-m",
+                                *(flag for flag in config.hydra.overrides.hydra if flag != "hydra.mode=MULTIRUN")]
         atexit.register(self.end_at_exit)  # the sweep failed before on_multirun_end
         cli.at_stop.append(self.end_at_exit)  # or a signal stopped it: ended before the command's last line
 
@@ -408,7 +412,7 @@ class ParentRun(Callback):
         left = [number for number in range(len(self.jobs)) if str(number) not in ran]
         if not left:
             return None
-        commands = [sweep_command(sweep, self.hydra_overrides) for sweep in as_sweeps([self.jobs[n] for n in left])]
+        commands = [sweep_command(sweep, self.hydra_arguments) for sweep in as_sweeps([self.jobs[n] for n in left])]
         jobs, them = ("jobs", "them") if len(left) > 1 else ("job", "it")
         text = f"{jobs} #{numbers(left)} of the sweep's {len(self.jobs)} did not run; run {them} with"
         if len(commands) == 1:

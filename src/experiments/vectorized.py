@@ -33,7 +33,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from experiments import errors, resume, run, store, sweep, tracking
 from experiments.callbacks import StopOnDivergence
-from experiments.cli import check_override_types
+from experiments.cli import check_override_types, config_flags
 from experiments.errors import Diverged
 from experiments.report import epochs_text, model_summary, print_model_summary, print_results
 from experiments.models.target_scale import TargetScaled
@@ -552,13 +552,20 @@ def log_history(run_id: str, history: list[tuple[int, dict[str, float]]]) -> Non
         client.log_batch(run_id, metrics=metrics[start : start + 1000], synchronous=True)
 
 
+# The Hydra overrides of a sweep that a single run does not take (hydra.launcher.<option>: no such key without the
+# launcher chosen) or has no use for
+SWEEP_ONLY = ("hydra.mode=", "hydra/launcher=", "hydra.launcher.", "hydra/sweeper=", "hydra.sweeper.")
+
+
 def rerun_command(job: Job) -> str:
-    """The command that runs `job` alone: its overrides, and the sweep's Hydra ones (a config search path) but the
-    launcher and the mode; a job of an Optuna search (whose config asks for a sweep) as one run, hydra.mode=RUN."""
+    """The command that runs `job` alone: its overrides, and the sweep's config flags and Hydra overrides (a config
+    folder, a config search path) but its launcher's, its sweeper's and the mode; a job of an Optuna search (whose
+    config asks for a sweep) as one run, hydra.mode=RUN."""
     hydra = [override for override in job.config.hydra.overrides.hydra
-             if not override.startswith(("hydra.mode=", "hydra/launcher="))]
+             if not override.lstrip("+~").startswith(SWEEP_ONLY)]
     search = ["hydra.mode=RUN"] if job.config.hydra.runtime.choices.get("hparams_search") else []
-    return "python -m experiments " + " ".join(map(shlex.quote, [*hydra, *job.config.hydra.overrides.task, *search]))
+    return "python -m experiments " + shlex.join([*config_flags(job.config.hydra), *hydra,
+                                                  *job.config.hydra.overrides.task, *search])
 
 
 def not_logged(run_id: str, history: list[tuple[int, dict[str, float]]]) -> list[tuple[int, dict[str, float]]]:
