@@ -167,6 +167,34 @@ def test_a_run_stopped_before_its_first_checkpoint_says_to_run_it_again_not_to_r
     assert store.get_run(run.info.run_id).info.status == "KILLED"
 
 
+def test_a_run_stopped_in_a_store_of_its_own_prints_a_resume_command_that_finds_it(isolated):
+    """A run in a store other than its folder's mlflow.db (where resume= looks by default): the command its stop
+    prints names that store, and continues the run as printed."""
+    from mlflow import MlflowClient
+
+    database = isolated / "my runs.db"  # a space, as a user's folder may have: the printed command quotes it
+    process = start("-m", "experiments", "data=circle", "data.n_points=1000", "trainer.max_epochs=100",
+                    "trainer.callbacks.last_checkpoint.interval=0", f"tracking.tracking_uri=sqlite:///{database}", *QUIET)
+    while not list(isolated.glob("outputs/*/*/checkpoints/last.ckpt")):  # no client before: it would create the
+        assert process.poll() is None, process.communicate()[1]               # store as the command creates it
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+
+    store = MlflowClient(f"sqlite:///{database}")
+    (run,) = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
+    prefix = f"run {run.info.run_id} KILLED; continue it from its last checkpoint with: "
+    (line,) = [line for line in stderr.splitlines() if line.startswith(prefix)]
+    command = shlex.split(line.removeprefix(prefix))
+    assert command[:3] == ["python", "-m", "experiments"]
+    assert command[3:] == [f"resume={run.info.run_id}", f"tracking.tracking_uri=sqlite:///{database}"]
+    result = cli(*command[1:], *QUIET)
+    assert result.returncode == 0, result.stderr
+    assert store.get_run(run.info.run_id).info.status == "FINISHED"
+    assert not (isolated / "mlflow.db").exists(), "no store of the folder's own"
+
+
 # A sitecustomize.py that delivers a signal to the command at the first call of a method: where a signal's exception
 # does not reach the code above it as itself. Inside a weakref callback, as the garbage collector runs them (Python
 # drops an exception raised there, printing "Exception ignored in ..."), inside C code that drops it and raises an

@@ -2,6 +2,7 @@
 per-epoch metrics, and by MLflow's own API for params, config, timings and the model."""
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -208,9 +209,11 @@ def start_run(config: DictConfig, run_name: str, choices: dict[str, str | None],
 
 
 def resume_command(run_id: str, tracking_uri: str) -> str:
-    """The command that continues an interrupted run; it finds a tracking server's runs by its address."""
-    server = f" tracking.tracking_uri={tracking_uri}" if store.is_server(tracking_uri) else ""
-    return f"python -m experiments resume={run_id}{server}"
+    """The command that continues an interrupted run, typed in the folder it ran in: it names the run's store (a
+    tracking server, another SQLite file) unless that folder's own, where resume= looks by default."""
+    if tracking_uri == f"sqlite:///{Path.cwd()}/mlflow.db":
+        return f"python -m experiments resume={run_id}"
+    return f"python -m experiments resume={run_id} {shlex.quote(f'tracking.tracking_uri={tracking_uri}')}"
 
 
 def end_run(status: str, logger: EpochLogger, tags: dict[str, str] | None = None) -> None:
