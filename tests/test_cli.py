@@ -220,6 +220,8 @@ def test_default_run_trains_circle_tracks_it_in_mlflow_and_prints_results(tmp_pa
 
 PHASES = ("the OneCycleLR schedule cannot split a run of {} optimizer steps into its phases; change "
           "scheduler.pct_start, train for more steps or use scheduler=constant")
+RUN_LENGTH = ("scheduler.{} does not apply: the run gives OneCycleLR its total_steps from its epochs and batches ({} "
+              "optimizer steps here); remove it, and set the run's length with trainer.max_epochs or trainer.max_steps")
 
 
 # XOR's 4 points are one step an epoch
@@ -232,7 +234,10 @@ PHASES = ("the OneCycleLR schedule cannot split a run of {} optimizer steps into
      "anneal_strategy must be one of 'cos' or 'linear', instead got foo; change the one it names"),
     (["trainer.max_epochs=1", "+scheduler.pct_strat=0.3"],
      "scheduler.pct_strat is not an option of torch.optim.lr_scheduler.OneCycleLR; did you mean scheduler.pct_start?"),
-], ids=["too-short", "three-phase-last-step", "bad-value", "misspelt"])
+    # the run's own length replaced them without a word
+    (["trainer.max_epochs=8", "+scheduler.total_steps=100"], RUN_LENGTH.format("total_steps", 8)),
+    (["trainer.max_epochs=8", "+scheduler.epochs=8"], RUN_LENGTH.format("epochs", 8)),
+], ids=["too-short", "three-phase-last-step", "bad-value", "misspelt", "total-steps", "epochs"])
 def test_scheduler_options_torch_refuses_are_one_line_before_a_run_opens(tmp_path, overrides, expected):
     result = cli("-m", "experiments", "data=xor", *overrides, *QUIET, cwd=tmp_path)
     assert result.returncode == 2
@@ -366,8 +371,16 @@ def test_optimizer_options_torch_refuses_are_one_line_before_a_run_opens(tmp_pat
     (["data=xor", "+metrics.accuracy.treshold=0.5"],
      "metrics.accuracy.treshold is not an option of experiments.metrics.accuracy; did you mean "
      "metrics.accuracy.threshold?"),
+    # a torchmetrics Metric refuses them with a ValueError of its own: a traceback where the preset's r2 made it a
+    # partial, Hydra's words otherwise
+    (["data=xor", "metrics=regression", "+metrics.r2={_target_:torchmetrics.R2Score,adjustd:1}"],
+     "metrics.r2.adjustd is not an option of torchmetrics.R2Score; did you mean metrics.r2.adjusted?"),
+    (["data=xor", "+metrics.mse={_target_:torchmetrics.MeanSquaredError,foo:1}"],
+     "metrics.mse.foo is not an option of torchmetrics.MeanSquaredError; remove it, or use one of its options: "
+     "squared, num_outputs, compute_on_cpu, dist_sync_on_step, process_group, dist_sync_fn, distributed_available_fn, "
+     "sync_on_compute, compute_with_cache"),
 ], ids=["two-inputs", "init", "activation", "targets", "trainer-typo", "model-option", "model-typo", "loss-typo",
-        "loss-function", "optimizer-typo", "data-option", "metric-typo"])
+        "loss-function", "optimizer-typo", "data-option", "metric-typo", "torchmetrics-typo", "torchmetrics-option"])
 def test_a_value_a_model_data_or_trainer_refuses_is_one_line_naming_the_option(tmp_path, overrides, expected):
     result = cli("-m", "experiments", *overrides, "trainer.max_epochs=1", *QUIET, cwd=tmp_path)
     assert result.returncode == 2

@@ -23,22 +23,23 @@ def binary_threshold(loss) -> float:
 
 
 def configured_metrics(metrics: dict, loss) -> dict:
-    """The config's metrics, instantiated, for a run with `loss`: those set to null dropped (metrics.r2=null), a
-    threshold left null (metrics=accuracy's, for 0/1 targets) set for the loss (binary_threshold), and a torchmetrics
-    Metric class given as a partial built. A preset's function metric has `_partial_: true`, which a Metric given in
-    its place keeps (Hydra merges `+metrics.r2={_target_:torchmetrics.R2Score}` into metrics=regression's r2):
-    called with an epoch's outputs and targets, the class would take them for its options."""
-    configured = {}
-    for name, metric in metrics.items():
-        if metric is None:
-            continue
-        if isinstance(metric, functools.partial) and isinstance(metric.func, type) and issubclass(metric.func, Metric):
-            metric = metric()
-        elif isinstance(metric, functools.partial) and metric.keywords.get("threshold", 0.0) is None:
-            threshold = binary_threshold(loss)
-            metric = functools.partial(metric.func, *metric.args, **metric.keywords | {"threshold": threshold})
-        configured[name] = metric
-    return configured
+    """The config's metrics, instantiated, for a run with `loss` (configured_metric); those set to null dropped
+    (metrics.r2=null)."""
+    return {name: configured_metric(metric, loss) for name, metric in metrics.items() if metric is not None}
+
+
+def configured_metric(metric, loss):
+    """One of the config's metrics, instantiated, for a run with `loss`: a threshold left null (metrics=accuracy's,
+    for 0/1 targets) set for the loss (binary_threshold), and a torchmetrics Metric class given as a partial built. A
+    preset's function metric has `_partial_: true`, which a Metric given in its place keeps (Hydra merges
+    `+metrics.r2={_target_:torchmetrics.R2Score}` into metrics=regression's r2): called with an epoch's outputs and
+    targets, the class would take them for its options."""
+    if isinstance(metric, functools.partial) and isinstance(metric.func, type) and issubclass(metric.func, Metric):
+        return metric()
+    if isinstance(metric, functools.partial) and metric.keywords.get("threshold", 0.0) is None:
+        threshold = binary_threshold(loss)
+        return functools.partial(metric.func, *metric.args, **metric.keywords | {"threshold": threshold})
+    return metric
 
 
 def class_threshold(metrics: dict, loss) -> float:

@@ -77,6 +77,8 @@ RANGES = {
     # a sweep's sweeper and launcher (checked when the sweep starts)
     "hydra.sweeper.n_trials": COUNT,  # hparams_search=...: Optuna's best of no trials is a traceback
     "hydra.sweeper.n_jobs": COUNT,    # trials asked at a time: none is a ZeroDivisionError in the sweeper
+    # jobs handed to the launcher at a time (Hydra's BasicSweeper): none is a bare AssertionError in the sweeper
+    "hydra.sweeper.max_batch_size": Range(1, integer=True, also={None: "every job at once"}),
     "hydra.launcher.n_jobs": Range(1, integer=True, also={-1: "one per CPU core"}),  # hydra/launcher=parallel
     "hydra.launcher.max_group_size": Range(1, integer=True, also={None: "as many as the memory allows"}),
     "hydra.launcher.memory_budget_mb": Range(0, low_open=True, also={None: "a share of the free memory"}),

@@ -34,7 +34,7 @@ from experiments.callbacks import LastCheckpoint
 from experiments.cli import heavy_import
 from experiments.compiled import CompiledFit
 from experiments.errors import ConfigError
-from experiments.metrics import class_threshold, configured_metrics
+from experiments.metrics import class_threshold, configured_metric
 from experiments.report import epochs_text, log_choices, model_summary, print_model_summary, print_results
 from experiments.task import Task, apply, optimizer_steps
 
@@ -118,14 +118,26 @@ def check_optimizer(task: Task) -> None:
         raise ConfigError(refused_options_problem("optimizer", task.optimizer, error)) from error
 
 
+RUN_LENGTH_OPTIONS = ("total_steps", "epochs", "steps_per_epoch")  # one-cycle's, which the run sets (check_scheduler)
+
+
 def check_scheduler(task: Task, datamodule, trainer: L.Trainer) -> None:
     """Build the learning-rate schedule for the run's optimizer steps, at its start and at its last step, so that
-    options torch refuses (+scheduler.anneal_strategy=foo, a misspelt +scheduler.<name>) and a run whose length
-    one-cycle cannot split into its phases fail here, in one line, before a run is opened rather than in fit or at
-    its last step. On an optimizer of its own: fit builds the run's (Task.configure_optimizers)."""
+    options torch refuses (+scheduler.anneal_strategy=foo, a misspelt +scheduler.<name>), a length of its own
+    (+scheduler.total_steps) and a run whose length one-cycle cannot split into its phases fail here, in one line,
+    before a run is opened rather than in fit or at its last step. On an optimizer of its own: fit builds the run's
+    (Task.configure_optimizers)."""
     if task.scheduler is None or hasattr(task.model, "fit"):
         return
     steps = optimizer_steps(trainer, datamodule)
+    # Refused rather than honoured: the run gives one-cycle its total_steps, which torch's OneCycleLR takes before
+    # epochs and steps_per_epoch (they only make it up); fewer than the run's fail once it steps past them, more end
+    # the run midway through the cycle. The run's length is trainer.max_epochs' and max_steps' to set.
+    given = [name for name in RUN_LENGTH_OPTIONS if name in task.scheduler.keywords]
+    if given and task.schedule_takes_run_length:
+        raise ConfigError(f"scheduler.{given[0]} does not apply: the run gives {task.scheduler.func.__name__} its "
+                          f"total_steps from its epochs and batches ({steps} optimizer steps here); remove it, and "
+                          "set the run's length with trainer.max_epochs or trainer.max_steps")
     optimizer = task.optimizer(task.model.parameters())
     try:
         task.schedule(optimizer, steps)
@@ -241,13 +253,27 @@ def build(config: DictConfig) -> tuple[Task, L.LightningDataModule]:
         model = models.build(config.model, datamodule.input_shape, datamodule.num_outputs, datamodule.target_scale)
     with options_checked("loss", config.loss._target_, config.loss):
         loss = instantiate(config.loss)
-    metrics = configured_metrics(instantiate(config.metrics, _convert_="all"), loss)
+    metrics = build_metrics(config.metrics, loss)
     scheduler = instantiate(config.scheduler) if config.scheduler else None
     task = Task(model, loss, metrics, instantiate(config.optimizer), scheduler)
     check_optimizer(task)
     check_one_batch(task, datamodule)
     task.example_input_array = datamodule.normalize(datamodule.train.head(2).inputs)
     return task, datamodule
+
+
+def build_metrics(metrics: DictConfig, loss) -> dict:
+    """The config's metrics for a run with `loss` (configured_metric), each built on its own, so that an option one
+    refuses, a torchmetrics Metric's among them, is one line naming its key (options_checked)."""
+    built = {}
+    for name, options in metrics.items():
+        if options is None:  # metrics.r2=null drops it
+            continue
+        with options_checked(f"metrics.{name}", OmegaConf.select(metrics, f"{name}._target_"), options):
+            # a value that is no config (+metrics.foo=3) as it is, for check_one_batch to refuse in its words
+            metric = instantiate(options, _convert_="all") if OmegaConf.is_config(options) else options
+            built[name] = configured_metric(metric, loss)
+    return built
 
 
 def build_trainer(options: DictConfig, extra_callbacks: list[L.Callback]) -> L.Trainer:
@@ -287,7 +313,13 @@ def check_manual_optimization(trainer: L.Trainer) -> None:
                           f"multiply data.batch_size by {trainer.accumulate_grad_batches}")
 
 
-UNEXPECTED_KEYWORD = re.compile(r"got an unexpected keyword argument '(\w+)'")  # Python's TypeError
+# An option refused: Python's TypeError, or the ValueError of a torchmetrics Metric, which takes any as **kwargs and
+# refuses those it has no use for (its message names each; the first is taken)
+UNEXPECTED_KEYWORD = {TypeError: re.compile(r"got an unexpected keyword argument '(\w+)'"),
+                      ValueError: re.compile(r"^Unexpected keyword arguments: `(\w+)`")}
+# What a torchmetrics Metric takes as **kwargs besides its own options (its docs' "Metric kwargs")
+METRIC_KWARGS = ("compute_on_cpu", "dist_sync_on_step", "process_group", "dist_sync_fn", "distributed_available_fn",
+                 "sync_on_compute", "compute_with_cache")
 
 
 def unknown_option_problem(key: str, target: Callable | str, given: Iterable[str], error: BaseException) -> str | None:
@@ -296,7 +328,7 @@ def unknown_option_problem(key: str, target: Callable | str, given: Iterable[str
     option it takes, else all of them; None for any other error. `given`: the options the config gives. Python's
     message, which Hydra wraps in its own ("Error in call to target ..."), names neither the option's key nor a fix."""
     cause = error.__cause__ if isinstance(error, InstantiationException) else error
-    refused = UNEXPECTED_KEYWORD.search(str(cause)) if isinstance(cause, TypeError) else None
+    refused = UNEXPECTED_KEYWORD[type(cause)].search(str(cause)) if type(cause) in UNEXPECTED_KEYWORD else None
     if refused is None or refused[1] not in given:
         return None
     name = refused[1]
@@ -312,13 +344,15 @@ def unknown_option_problem(key: str, target: Callable | str, given: Iterable[str
 
 def target_options(target: Callable, given: Iterable[str], refused: str) -> list[str]:
     """The options `target` takes: its keyword parameters with a default or given (the others, such as a model's
-    input_shape or an optimizer's params, the run passes itself); where it passes on any others (a data module's
-    **loader), also the others `given` but the `refused` one."""
+    input_shape or an optimizer's params, the run passes itself); where it passes on any others, a torchmetrics
+    Metric's METRIC_KWARGS, or else (a data module's **loader) the others `given` but the `refused` one."""
     parameters = inspect.signature(target).parameters.values()
     options = [parameter.name for parameter in parameters
                if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
                and (parameter.default is not parameter.empty or parameter.name in given)]
-    if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
+    if isinstance(target, type) and issubclass(target, Metric):
+        options += METRIC_KWARGS
+    elif any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
         options += [name for name in given if name not in options and name != refused and not name.startswith("_")]
     return options
 
@@ -331,7 +365,7 @@ def options_checked(key: str, target: Callable | str, given: Iterable[str] = ())
         target, given = target.func, target.keywords
     try:
         yield
-    except (InstantiationException, TypeError) as error:
+    except (InstantiationException, TypeError, ValueError) as error:
         problem = unknown_option_problem(key, target, given, error)
         if problem is None:
             raise

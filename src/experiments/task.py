@@ -264,11 +264,16 @@ class Task(L.LightningModule):
         # stepped after each optimizer step by training_step (manual optimization steps no scheduler itself)
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
+    @property
+    def schedule_takes_run_length(self) -> bool:
+        """Whether the schedule is given the run's length in optimizer steps, as its total_steps (one-cycle's)."""
+        return "total_steps" in inspect.signature(self.scheduler.func).parameters
+
     def schedule(self, optimizer: torch.optim.Optimizer, total_steps: int,
                  **options) -> torch.optim.lr_scheduler.LRScheduler:
         """The configured learning-rate schedule of `optimizer` for a run of `total_steps` optimizer steps, given
         `options` besides the config's. Checked before a run opens (run.check_scheduler), built again in fit."""
-        if "total_steps" in inspect.signature(self.scheduler.func).parameters:  # one-cycle needs the run's length
+        if self.schedule_takes_run_length:
             options["total_steps"] = total_steps
         return self.scheduler(optimizer, **options)
 
