@@ -126,13 +126,18 @@ def test_image_model_on_2d_points_fails_before_training_naming_both_shapes(tmp_p
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_missing_files_without_download_is_one_line(tmp_path):
-    for download in ("false", "true"):  # with no internet here, the download fails too
-        result = cli("-m", "experiments", "data=mnist", f"data.download={download}", cwd=tmp_path,
-                     env={"EXPERIMENTS_DATA_DIR": str(tmp_path / "empty")})
-        assert result.returncode != 0
-        (line,) = result.stderr.strip().splitlines()
-        assert str(tmp_path / "empty" / "MNIST" / "raw") in line and "EXPERIMENTS_DATA_DIR" in line
+@pytest.mark.parametrize("download, data_dir, options", [
+    ("false", "{tmp_path}/empty", []),
+    ("true", "{tmp_path}/empty", []),  # with no internet here, the download fails too
+    # relative: from the folder the command starts in, not the job's output folder that it changes to
+    ("true", "empty", ["hydra.job.chdir=true"]),
+])
+def test_missing_files_without_download_is_one_line(tmp_path, download, data_dir, options):
+    result = cli("-m", "experiments", "data=mnist", f"data.download={download}", *options, cwd=tmp_path,
+                 env={"EXPERIMENTS_DATA_DIR": data_dir.format(tmp_path=tmp_path)})
+    assert result.returncode != 0
+    (line,) = result.stderr.strip().splitlines()
+    assert str(tmp_path / "empty" / "MNIST" / "raw") in line and "EXPERIMENTS_DATA_DIR" in line
 
 
 @needs_data

@@ -3,6 +3,7 @@ import functools
 import http.server
 import os
 import threading
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -10,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import r2_score, root_mean_squared_error
 
 from conftest import QUIET, SHARED_DATA, cli
@@ -139,9 +141,12 @@ def test_r2_is_scikit_learns_for_several_outputs_and_constant_targets():
     targets = rng.normal(size=(50, 2))
     outputs = targets + rng.normal(scale=0.5, size=(50, 2))
     constant = np.full((50, 1), 3.0)
-    for actual, predicted in [(targets, outputs), (constant, outputs[:, :1]), (constant, constant)]:
+    one_sample = [(targets[:1], outputs[:1])]  # undefined: NaN (and scikit-learn's warning)
+    for actual, predicted in [(targets, outputs), (constant, outputs[:, :1]), (constant, constant), *one_sample]:
         ours = metrics.r2(torch.tensor(predicted, dtype=torch.float32), torch.tensor(actual, dtype=torch.float32))
-        assert float(ours) == pytest.approx(r2_score(actual, predicted), abs=1e-5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            assert float(ours) == pytest.approx(r2_score(actual, predicted), abs=1e-5, nan_ok=True)
 
 
 def test_a_metric_set_to_null_is_dropped_and_the_others_are_recorded(tmp_path):
@@ -152,10 +157,12 @@ def test_a_metric_set_to_null_is_dropped_and_the_others_are_recorded(tmp_path):
     assert not {"train/r2", "val/r2"} & set(result.metrics)
 
 
-def test_a_torchmetrics_metric_given_in_place_of_a_presets_function_metric_is_built_and_recorded(tmp_path):
+@pytest.mark.parametrize("batch_size", [32, 1])  # 1: R2Score needs two samples, which an epoch has, not a batch
+def test_a_torchmetrics_metric_given_in_place_of_a_presets_function_metric_is_built_and_recorded(tmp_path, batch_size):
     # +metrics.r2=... merges into metrics=regression's r2, whose `_partial_: true` the Metric class then has
     path = write_csv(tmp_path / "houses.csv", n_rows=100)
     result = run_experiment(["data=csv", f"data.path={path}", "data.target=price", "trainer.max_epochs=3",
+                             f"data.batch_size={batch_size}",
                              "+metrics.r2={_target_:torchmetrics.R2Score}",
                              "+metrics.r2_function={_target_:experiments.metrics.r2,_partial_:true}", *QUIET])
     for stage in ("train", "val", "test"):
@@ -245,7 +252,7 @@ def test_download_with_the_wrong_checksum_is_refused(tmp_path, server):
 
 def bad_input(tmp_path: Path, case: str) -> list[str]:
     """Overrides pointing data=csv at a CSV with the problem `case`."""
-    path, target = tmp_path / "bad.csv", "price"
+    path, target, options = tmp_path / "bad.csv", "price", []
     if case == "missing file":
         return ["data=csv", f"data.path={path}", f"data.target={target}"]
     frame = pd.DataFrame({"size": [50.0, 70.0, 90.0], "garden": ["yes", "no", "yes"], "price": [1.0, 2.0, 3.0]})
@@ -255,10 +262,13 @@ def bad_input(tmp_path: Path, case: str) -> list[str]:
         frame["price"] = ["1.0", "cheap", "3.0"]
     elif case == "empty column":
         frame["notes"] = np.nan
+    elif case == "one-row validation split":  # R² is undefined for one sample
+        frame = pd.concat([frame] * 4)
+        options = ["data.val_fraction=0.1"]
     frame.to_csv(path, index=False)
     if case == "empty file":
         path.write_text("")
-    return ["data=csv", f"data.path={path}", f"data.target={target}"]
+    return ["data=csv", f"data.path={path}", f"data.target={target}", *options]
 
 
 @pytest.mark.parametrize("case, expected", [
@@ -267,6 +277,7 @@ def bad_input(tmp_path: Path, case: str) -> list[str]:
     ("text target", ["not numeric", "'cheap'", "line 3"]),
     ("empty file", ["bad.csv is empty"]),
     ("empty column", ["column notes", "entirely empty"]),
+    ("one-row validation split", ["val split holds a single sample", "metrics.r2 is undefined", "metrics.r2=null"]),
 ])
 def test_bad_csv_input_is_one_line_and_leaves_no_run_running(tmp_path, case, expected):
     result = cli("-m", "experiments", *bad_input(tmp_path, case), *QUIET, cwd=tmp_path)

@@ -89,8 +89,9 @@ def mae(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def r2(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The coefficient of determination of each output column, averaged (as torchmetrics' R2Score and
     scikit-learn's r2_score). Where a column's targets are constant, 1 if it predicts them exactly, else 0 (as
-    scikit-learn)."""
+    scikit-learn); NaN for a single sample, whose R² is undefined (scikit-learn: NaN, torchmetrics: an error)."""
     targets = targets.float().view_as(outputs)
     residual = ((targets - outputs) ** 2).sum(0)
     total = ((targets - targets.mean(0)) ** 2).sum(0)
-    return torch.where(total > 0, 1 - residual / total, (residual == 0).float()).mean()
+    r2 = torch.where(total > 0, 1 - residual / total, (residual == 0).float()).mean()
+    return r2 if len(targets) > 1 else torch.full_like(r2, float("nan"))

@@ -36,7 +36,7 @@ from experiments.compiled import CompiledFit
 from experiments.errors import ConfigError
 from experiments.metrics import class_threshold, configured_metric
 from experiments.report import epochs_text, log_choices, model_summary, print_model_summary, print_results
-from experiments.task import Task, apply, optimizer_steps
+from experiments.task import STAGES, Task, apply, optimizer_steps, predict
 
 
 @dataclass
@@ -89,21 +89,62 @@ def check_one_batch(task: Task, datamodule) -> None:
         raise ConfigError(
             f"the model and loss do not fit the data: inputs {datamodule.input_shape}, {shapes}: {detail}"
         ) from error
-    # as an epoch's end computes them (Task.epoch_values), on copies of the Metric objects, whose state is the run's
-    metrics = {**task.metrics, **task.epoch_metrics["train_metrics"]}
-    for name, metric in metrics.items():
+    # An epoch's metrics are over all its samples, and some need two (torchmetrics' R2Score raises on one): with
+    # data.batch_size=1 they are checked on the first two batches' (a split of one sample: check_one_sample_splits)
+    if len(targets) < 2 and (second := next(first_step, None)):
+        with torch.no_grad():
+            outputs, targets = torch.cat([outputs, apply(task.model, second[0])]), torch.cat([targets, second[1]])
+    for name, metric in all_metrics(task).items():
         try:
-            if isinstance(metric, Metric):
-                metric = metric.clone()
-                metric.update(outputs, targets)
-                metric.compute()
-            else:
-                with options_checked(f"metrics.{name}", metric):
-                    metric(outputs, targets)
+            metric_value(name, metric, outputs, targets)
         except (RuntimeError, ValueError, IndexError, TypeError) as error:
             detail = str(error).splitlines()[0].rstrip(".")
             raise ConfigError(f"metrics.{name} does not fit the data ({shapes}): {detail}; change it, or drop it "
                               f"with metrics.{name}=null") from error
+
+
+def all_metrics(task: Task) -> dict[str, Callable | Metric]:
+    """The task's metrics by name: functions, and torchmetrics Metric objects (those of the training stage)."""
+    return {**task.metrics, **task.epoch_metrics["train_metrics"]}
+
+
+def metric_value(name: str, metric: Callable | Metric, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """`metric` (metrics.`name`) over `outputs` and `targets` as an epoch's end computes it (Task.epoch_values), a
+    Metric object on a copy, whose state is the run's."""
+    if isinstance(metric, Metric):
+        metric = metric.clone()
+        metric.update(outputs, targets)
+        return metric.compute()
+    with options_checked(f"metrics.{name}", metric):
+        return metric(outputs, targets)
+
+
+SPLIT_SIZES = ("val_fraction", "test_fraction", "val_size", "limit", "n_points")  # data options that size splits
+
+
+def check_one_sample_splits(task: Task, datamodule, data: DictConfig) -> None:
+    """Refuse a metric that one sample leaves undefined (R², a correlation) where a split the run evaluates holds one
+    sample (data.val_fraction=0.002 of 506 rows): its value would be NaN at every epoch (scikit-learn's r2_score
+    gives NaN and a warning), or the run fail at the split's first epoch's end (torchmetrics' R2Score raises). An
+    error before the run rather than NaNs: the split and the metrics are known, and a NaN objective ranks no job."""
+    for stage in STAGES:
+        split = getattr(datamodule, stage)
+        if split is None or len(split) != 1:
+            continue
+        outputs = predict(task.model, datamodule.normalize(split.inputs))
+        for name, metric in all_metrics(task).items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torchmetrics' that a correlation is NaN: the error says so
+                try:
+                    undefined = bool(torch.as_tensor(metric_value(name, metric, outputs, split.targets)).isnan().any())
+                except (RuntimeError, ValueError):
+                    undefined = True
+            if undefined:
+                options = ", ".join(f"data.{key}" for key in SPLIT_SIZES if key in data)
+                raise ConfigError(f"the {stage} split holds a single sample, on which metrics.{name} is undefined "
+                                  f"(R² and correlations need two): give that split more samples (more data"
+                                  f"{', or other ' + options if options else ''}), or drop the metric with "
+                                  f"metrics.{name}=null")
 
 
 def check_optimizer(task: Task) -> None:
@@ -167,13 +208,16 @@ def output_dir() -> Path | None:
     return None if OmegaConf.is_missing(runtime, "output_dir") else Path(runtime.output_dir)
 
 
-def make_data_path_absolute(config: DictConfig) -> None:
-    """Set a relative `data.path` (a dataset's file) to its absolute path, resolved against the folder the command was
-    started in: the run records it so (params, config.yaml, model.pt), and predict and resume find the file from any
-    folder."""
-    path = OmegaConf.select(config, "data.path")
-    if path is not None and not Path(path).is_absolute():
-        config.data.path = str(Path(HydraConfig.get().runtime.cwd, path))
+def make_data_paths_absolute(config: DictConfig) -> None:
+    """Set a relative `paths.data_dir` (EXPERIMENTS_DATA_DIR=data) and `data.path` (a dataset's file) to absolute
+    paths, resolved against the folder the command was started in, not the working directory, which
+    hydra.job.chdir=true makes the job's output folder (in a sweep's jobs too): the data is read from, or downloaded
+    to, the folder meant, the run records it so (params, config.yaml, model.pt), and predict and resume find the
+    file from any folder. The data_dir first: data.path and data.root interpolate it."""
+    for key in ("paths.data_dir", "data.path"):
+        path = OmegaConf.select(config, key)
+        if path is not None and not Path(path).is_absolute():
+            OmegaConf.update(config, key, str(Path(HydraConfig.get().runtime.cwd, path)))
 
 
 def is_first_process(trainer: L.Trainer) -> bool:
@@ -258,6 +302,7 @@ def build(config: DictConfig) -> tuple[Task, L.LightningDataModule]:
     task = Task(model, loss, metrics, instantiate(config.optimizer), scheduler)
     check_optimizer(task)
     check_one_batch(task, datamodule)
+    check_one_sample_splits(task, datamodule, config.data)
     task.example_input_array = datamodule.normalize(datamodule.train.head(2).inputs)
     return task, datamodule
 
@@ -431,7 +476,7 @@ def run(config: DictConfig) -> Result:
     resumed = resume.interrupted_run(config) if config.get("resume") else resume.requeued_run(config)
     if resumed:
         config = resumed.config
-    make_data_path_absolute(config)
+    make_data_paths_absolute(config)
     task, datamodule = build(config)
     model = task.model
     progress = [instantiate(config.progress)] if config.trainer.enable_progress_bar else []

@@ -142,7 +142,7 @@ def prepare(job: Job, trainers: dict[str, L.Trainer]) -> None:
     HydraConfig.instance().set_config(job.config)  # the `hydra:` resolver in paths.data_dir needs it
     try:
         check_override_types(job.config)
-        run.make_data_path_absolute(job.config)  # as recorded from here on (`record`, `record_stopped`)
+        run.make_data_paths_absolute(job.config)  # as recorded from here on (`record`, `record_stopped`)
         config = task_config(job.config)
         job.task, job.datamodule = run.build(config)
         trainer_key = repr(OmegaConf.to_container(config.trainer, resolve=True))
