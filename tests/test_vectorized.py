@@ -153,9 +153,13 @@ def test_a_job_that_diverges_in_a_group_fails_at_its_epoch_and_the_others_train_
     # SGD at lr 10 on MEDV's own units: nan in epoch 1 (as in test_failures); the two others train on
     sweep = ["data=house_prices", "data.standardize_target=false", "optimizer=sgd", "scheduler=constant",
              "optimizer.lr=10,0.001,0.002", "trainer.max_epochs=4", *QUIET]
-    result = cli(*VECTORIZED, *sweep)
+    result = cli(*VECTORIZED, *sweep, "trainer.enable_progress_bar=true")
     assert result.returncode == 1
     assert "vectorized: 3 of 3 jobs in 1 group(s): #0-2 (differing in optimizer.lr)" in result.stdout
+    # the group's progress (no terminal: lines after its first epoch and its last): its jobs' losses as a range
+    progress = re.findall(r"\[HYDRA\] group #0-2 · epoch (\d)/4 · train/loss ([\d.e+-]+)–([\d.e+-]+) · val/loss ",
+                          result.stdout)
+    assert [epoch for epoch, *_ in progress] == ["1", "4"], result.stdout
     error = "training diverged: train/loss = nan at epoch 2/4 is not finite; try a lower optimizer.lr"
     assert f"error: job 0 (optimizer.lr=10) failed: {error}" in result.stderr
     alone_uri = f"sqlite:///{isolated}/alone.db"  # the same jobs as single runs, one after another
@@ -184,6 +188,10 @@ def test_a_job_that_diverges_in_a_group_fails_at_its_epoch_and_the_others_train_
         steps, values = zip(*history(client, run, "val/loss"))
         assert len(steps) == 4 and values == pytest.approx([v for _, v in history(alone_client, single, "val/loss")],
                                                            abs=1e-4)
+    # the last epoch's range: the two jobs still training, not the diverged one's nan
+    finals = sorted(vectorized[name].data.metrics["train/loss"] for name in ("optimizer.lr=0.001",
+                                                                            "optimizer.lr=0.002"))
+    assert [float(value) for value in progress[-1][1:]] == pytest.approx(finals, rel=1e-3)
 
 
 def test_a_group_too_large_for_the_memory_budget_is_split_and_each_part_trains_as_the_whole_would(isolated):

@@ -37,6 +37,7 @@ from experiments.cli import check_override_types, config_flags
 from experiments.errors import Diverged
 from experiments.report import epochs_text, model_summary, print_model_summary, print_results
 from experiments.models.target_scale import TargetScaled
+from experiments.progress import SHOWN, EpochReport
 from experiments.sweep import numbers
 from experiments.task import Task
 
@@ -461,6 +462,7 @@ class Group:
         job_rows = torch.arange(len(self.jobs), device=self.device)[:, None]
         history, diverged, latest = self.history, self.diverged, {}  # latest: what a single run's trainer holds
         running = torch.ones(len(self.jobs), dtype=torch.bool)
+        progress = self.progress(epochs)
         start_time = time.perf_counter()
         for epoch in range(epochs):
             order = None
@@ -504,9 +506,13 @@ class Group:
                         value = float(values[stopper.monitor][position])
                         diverged[position] = (stopper.error(value, epoch, epochs), len(history))
                         running[position] = False
+            if progress is not None:
+                progress.update(epoch + 1, spreads(values, running), last=epoch + 1 == epochs or not running.any())
             if not running.any():
                 break
         seconds = time.perf_counter() - start_time
+        if progress is not None:
+            progress.close()
         # logged at the last step, as a single run logs it (Task.last_step); a diverged job is not tested
         if datamodule.test is not None and running.any():
             tested = {name: value.cpu() for name, value in self._evaluate("test", *self._data("test")).items()}
@@ -528,6 +534,14 @@ class Group:
                                              summary=summary)
         return [trained[job.index] for job in sorted(self.jobs, key=lambda job: job.index)]
 
+    def progress(self, epochs: int) -> EpochReport | None:
+        """The group's progress, as a single run's (trainer.enable_progress_bar, the `progress` config), its lines
+        named by the group's jobs: the launcher trains it with no Lightning trainer, whose callback reports a run's."""
+        if not self.trainer_config.enable_progress_bar:
+            return None
+        label = f"group #{numbers(sorted(job.index for job in self.jobs))}"
+        return EpochReport(self.jobs[0].config.progress.interval, 0, epochs, label)
+
     def job_history(self, position: int) -> list[tuple[int, dict[str, float]]]:
         """The per-epoch metrics of the job at `position` so far, up to the epoch it diverged at."""
         logged = self.diverged[position][1] if position in self.diverged else len(self.history)
@@ -541,6 +555,16 @@ class Group:
             for name, parameter in network(job.task.model).named_parameters():
                 trained = self.params[name][position]
                 parameter.copy_((trained.T if name in self.transposed else trained).cpu())
+
+
+def spreads(values: dict[str, torch.Tensor], running: torch.Tensor) -> dict[str, str]:
+    """The shown losses (progress.SHOWN) of the jobs still training, as their lowest and highest value."""
+    shown = {}
+    for name in SHOWN:
+        if name in values and running.any():
+            low, high = float(values[name][running].min()), float(values[name][running].max())
+            shown[name] = f"{low:.4g}" if f"{low:.4g}" == f"{high:.4g}" else f"{low:.4g}–{high:.4g}"
+    return shown
 
 
 def log_history(run_id: str, history: list[tuple[int, dict[str, float]]]) -> None:
