@@ -76,6 +76,8 @@ def test_an_objective_metric_no_run_records_is_one_line_naming_those_it_can_befo
     # an Optuna search of no trials ended in Optuna's traceback, none at a time in the sweeper's ZeroDivisionError
     ["hparams_search=mlp_circle", "hydra.sweeper.n_trials=0"], ["hparams_search=mlp_circle", "hydra.sweeper.n_jobs=0"],
     ["hydra.sweeper.max_batch_size=0"],  # a bare AssertionError in Hydra's BasicSweeper
+    # no such device on this machine (Apple's, on Linux): a failed job each, on the jobs' machine as on this one
+    ["hydra/launcher=parallel", "trainer.accelerator=mps"],
 ], ids=lambda shared: shared[-1])
 def test_a_value_every_job_shares_is_checked_once_before_the_sweep_starts(isolated, shared):
     # as each job's: every job would fail alike, after the parent opened (and any other direction than minimize

@@ -213,6 +213,18 @@ def check_sweeper(sweeper: DictConfig) -> None:
             "and best one recorded in the sweep's MLflow runs)")
 
 
+def check_accelerator(config: DictConfig) -> None:
+    """Refuse the accelerator the jobs share where this machine has none of its devices (run.accelerator_problem),
+    as each job would. Not for SLURM's jobs: they train on its nodes, whose devices the launching machine need not
+    have. Lightning is imported (seconds) only for an accelerator asked for by name."""
+    accelerator = config.trainer.get("accelerator")
+    if accelerator in (None, "auto", "cpu") or "slurm" in str(config.hydra.launcher.get("_target_")).lower():
+        return
+    problem = heavy_import("experiments.run").accelerator_problem(accelerator)
+    if problem is not None:
+        raise errors.ConfigError(problem)
+
+
 def numbers(indices: list[int]) -> str:
     """1,2,3,5 as 1-3,5."""
     runs, start = [], indices[0]
@@ -287,6 +299,7 @@ class ParentRun(Callback):
             check_override_types(config)
             check_ranges(config)
             check_objective(config)
+            check_accelerator(config)
         except errors.ConfigError as error:
             stop_with_one_line("the sweep cannot start", error)
         try:
