@@ -52,6 +52,21 @@ def cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subproc
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
+def refusal(overrides: list[str]) -> str:
+    """What `python -m experiments OVERRIDES` says of bad input in its one line (after `error: `), found in this
+    process, as many cases are checked in seconds: run_experiment's refusal as the command words it."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from experiments.api import run_experiment
+    from experiments.cli import one_line
+    from experiments.errors import ConfigError
+
+    with pytest.raises((ConfigError, HydraException, OmegaConfBaseException)) as refused:
+        run_experiment(overrides)
+    return one_line(refused.value)
+
+
 def free_port() -> int:
     """A free port below the ephemeral range: one from that range may be taken by an outgoing connection while a
     stopped server is down, and the server could not start again on it."""

@@ -7,7 +7,7 @@ import zipfile
 import pytest
 import yaml
 
-from conftest import QUIET, ROOT, cli
+from conftest import QUIET, ROOT, cli, refusal
 
 HEAVY = ("torch", "lightning", "mlflow")
 
@@ -132,11 +132,20 @@ def test_model_that_does_not_fit_the_targets_fails_before_training(tmp_path):
      "targets are expected to have the same shape, but got torch.Size([4, 2]) and torch.Size([4]); change it, or drop "
      "it with metrics.acc2=null"),
 ], ids=["outputs-broadcast", "index-targets-broadcast", "metric"])
-def test_a_loss_or_metric_whose_shapes_do_not_fit_the_data_is_one_line_before_a_run_opens(tmp_path, overrides,
-                                                                                          expected):
-    result = cli("-m", "experiments", *overrides, "trainer.max_epochs=2", *QUIET, cwd=tmp_path)
+def test_a_loss_or_metric_whose_shapes_do_not_fit_the_data_is_refused_before_a_run_opens(tmp_path, overrides,
+                                                                                        expected):
+    # each case in this process (refusal); the command's one line on stderr: the next test
+    assert refusal([*overrides, "trainer.max_epochs=2", *QUIET]) == expected
+    assert list(tmp_path.iterdir()) == [], "nothing ran: no MLflow store"
+
+
+def test_a_loss_or_metric_whose_shapes_do_not_fit_the_data_is_one_line_before_a_run_opens(tmp_path):
+    # a metric's, which would fail at an epoch's end
+    result = cli("-m", "experiments", "data=xor", "+metrics.acc2={_target_:torchmetrics.Accuracy,task:binary}",
+                 "trainer.max_epochs=2", *QUIET, cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: {expected}"], result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: metrics.acc2 does not fit the data (outputs (4, 2), targets (4,)"), line
     assert list(tmp_path.iterdir()) == [], "nothing ran: no MLflow store, no output folder"
 
 
@@ -238,10 +247,18 @@ RUN_LENGTH = ("scheduler.{} does not apply: the run gives OneCycleLR its total_s
     (["trainer.max_epochs=8", "+scheduler.total_steps=100"], RUN_LENGTH.format("total_steps", 8)),
     (["trainer.max_epochs=8", "+scheduler.epochs=8"], RUN_LENGTH.format("epochs", 8)),
 ], ids=["too-short", "three-phase-last-step", "bad-value", "misspelt", "total-steps", "epochs"])
-def test_scheduler_options_torch_refuses_are_one_line_before_a_run_opens(tmp_path, overrides, expected):
-    result = cli("-m", "experiments", "data=xor", *overrides, *QUIET, cwd=tmp_path)
+def test_scheduler_options_torch_refuses_are_refused_in_its_words_before_a_run_opens(tmp_path, overrides, expected):
+    # each case in this process (refusal); the command's one line on stderr: the next test
+    assert refusal(["data=xor", *overrides, *QUIET]) == expected
+    assert list(tmp_path.iterdir()) == [], "nothing ran: no MLflow store"
+
+
+def test_scheduler_options_torch_refuses_are_one_line_before_a_run_opens(tmp_path):
+    # found at the last step, in fit
+    result = cli("-m", "experiments", "data=xor", "trainer.max_epochs=5", "+scheduler.three_phase=true",
+                 "scheduler.pct_start=0.6", *QUIET, cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: {expected}"], result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: {PHASES.format(5)}"], result.stderr
     assert list(tmp_path.iterdir()) == [], "nothing ran: no MLflow store, no output folder"
 
 
@@ -381,10 +398,19 @@ def test_optimizer_options_torch_refuses_are_one_line_before_a_run_opens(tmp_pat
      "sync_on_compute, compute_with_cache"),
 ], ids=["two-inputs", "init", "activation", "targets", "trainer-typo", "model-option", "model-typo", "loss-typo",
         "loss-function", "optimizer-typo", "data-option", "metric-typo", "torchmetrics-typo", "torchmetrics-option"])
-def test_a_value_a_model_data_or_trainer_refuses_is_one_line_naming_the_option(tmp_path, overrides, expected):
-    result = cli("-m", "experiments", *overrides, "trainer.max_epochs=1", *QUIET, cwd=tmp_path)
+def test_a_value_a_model_data_or_trainer_refuses_is_refused_naming_the_option_before_a_run_opens(tmp_path, overrides,
+                                                                                                   expected):
+    # each case in this process (refusal); the command's one line on stderr: the next test
+    assert refusal([*overrides, "trainer.max_epochs=1", *QUIET]) == expected
+    assert list(tmp_path.iterdir()) == [], "nothing ran: no MLflow store"
+
+
+def test_a_value_a_model_data_or_trainer_refuses_is_one_line_naming_the_option(tmp_path):
+    result = cli("-m", "experiments", "data=xor", "+model.hidden_size=[3]", "trainer.max_epochs=1", *QUIET, cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: {expected}"], result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: model.hidden_size is not an option of experiments.models.mlp.MLP; did you mean model.hidden_sizes?"
+    ], result.stderr
     assert list(tmp_path.iterdir()) == [], "nothing ran: no MLflow store, no output folder"
 
 

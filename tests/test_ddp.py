@@ -4,15 +4,26 @@ import math
 import socket
 
 import torch
+from hydra.utils import instantiate
 
 from conftest import QUIET, cli, start
+from experiments import checkpoint
 from experiments.data.tensors import Split, TensorBatches
+from experiments.predict import evaluate
 
 DDP_ON_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *QUIET]
 
 
 def samples_seen(batches: TensorBatches) -> list[int]:
     return [int(i) for inputs, _ in batches.batches() for i in inputs]
+
+
+def recomputed(store, run_id: str, split: str) -> dict[str, float]:
+    """The run's loss and metrics over the whole `split`, from its saved model in this one process, as
+    `python -m experiments.predict run_id=... split=...` computes them (tests/test_predict.py runs that command)."""
+    saved = checkpoint.read(run_id, None, store.tracking_uri)
+    datamodule = instantiate(saved["config"]["data"])
+    return evaluate(saved["config"], checkpoint.rebuild(saved), datamodule, split, batch_size=256)[1]
 
 
 def test_each_process_takes_its_own_shard_and_training_shards_are_equal():
@@ -42,11 +53,9 @@ def test_ddp_run_is_one_mlflow_run_with_metrics_over_the_whole_split(isolated, s
     assert len(steps) == 6 and all(b - a == steps_per_epoch for a, b in zip(steps, steps[1:])), \
         "each of the 2 processes takes half of the training points each epoch"
 
-    recomputed = cli("-m", "experiments.predict", f"run_id={run.info.run_id}", "split=val", "output=val.csv")
-    assert recomputed.returncode == 0, recomputed.stderr
-    printed = dict(zip(*[iter(recomputed.stdout.splitlines()[0].split())] * 2))
+    whole_split = recomputed(store, run.info.run_id, "val")
     for key in ("val/loss", "val/accuracy"):  # the logged values cover both processes' halves of val
-        assert abs(float(printed[key]) - run.data.metrics[key]) < 1e-4, key
+        assert abs(whole_split[key] - run.data.metrics[key]) < 1e-4, key
 
 
 def test_ddp_regression_metrics_are_over_the_whole_split_where_its_shards_differ_in_size(isolated, store):
@@ -56,12 +65,10 @@ def test_ddp_regression_metrics_are_over_the_whole_split_where_its_shards_differ
     assert result.returncode == 0, result.stderr
     (run,) = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
     for split in ("val", "test"):
-        recomputed = cli("-m", "experiments.predict", f"run_id={run.info.run_id}", f"split={split}", f"output={split}.csv")
-        assert recomputed.returncode == 0, recomputed.stderr
-        printed = dict(zip(*[iter(recomputed.stdout.splitlines()[0].split())] * 2))
-        assert set(printed) == {f"{split}/{name}" for name in ("loss", "mse", "rmse", "mae", "r2")}
-        for key, value in printed.items():  # printed to 4 decimals, over the whole split in one process
-            assert abs(float(value) - run.data.metrics[key]) <= 1e-4, key
+        whole_split = recomputed(store, run.info.run_id, split)
+        assert set(whole_split) == {f"{split}/{name}" for name in ("loss", "mse", "rmse", "mae", "r2")}
+        for key, value in whole_split.items():
+            assert abs(value - run.data.metrics[key]) <= 1e-4, key
 
 
 def test_ddp_inside_a_local_multirun_is_refused_in_one_line(isolated, store):

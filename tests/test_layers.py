@@ -6,7 +6,7 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
-from conftest import QUIET, cli
+from conftest import QUIET, cli, refusal
 from experiments.api import predict, run_experiment
 from experiments.models.cnn import LeNet
 from experiments.models.layers import Layers
@@ -90,18 +90,28 @@ BAD_SPECS = {
 }
 
 
-@pytest.mark.parametrize("case", BAD_SPECS)
-def test_bad_spec_is_one_line_naming_the_layer_before_any_run(case, tmp_path):
-    spec, expected = BAD_SPECS[case]
+def bad_model(tmp_path, case: str) -> list[str]:
+    """Overrides choosing model=bad, a config in tmp_path/my_conf declaring the spec of BAD_SPECS[case]."""
     (tmp_path / "my_conf" / "model").mkdir(parents=True)
     (tmp_path / "my_conf" / "model" / "bad.yaml").write_text(
-        f"_target_: experiments.models.layers.Layers\ninputs: {{x: null}}\n{spec}\n"
+        f"_target_: experiments.models.layers.Layers\ninputs: {{x: null}}\n{BAD_SPECS[case][0]}\n"
     )
-    result = cli("-m", "experiments", "data=xor", "model=bad", f"hydra.searchpath=[file://{tmp_path}/my_conf]",
-                 *QUIET, cwd=tmp_path)
+    return ["data=xor", "model=bad", f"hydra.searchpath=[file://{tmp_path}/my_conf]", *QUIET]
+
+
+@pytest.mark.parametrize("case", BAD_SPECS)
+def test_bad_spec_is_refused_naming_the_layer_before_any_run(case, tmp_path):
+    # each case in this process (refusal); the command's one line on stderr: the next test
+    message = refusal(bad_model(tmp_path, case))
+    assert all(text in message for text in BAD_SPECS[case][1]), message
+    assert not (tmp_path / "mlflow.db").exists(), "no MLflow run should be opened for a model that cannot be built"
+
+
+def test_bad_spec_is_one_line_naming_the_layer_before_any_run(tmp_path):
+    result = cli("-m", "experiments", *bad_model(tmp_path, "unknown function"), cwd=tmp_path)
     assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and all(text in lines[0] for text in expected), result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: model.forward") and "relux" in line, line
     assert not (tmp_path / "mlflow.db").exists(), "no MLflow run should be opened for a model that cannot be built"
 
 

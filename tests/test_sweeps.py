@@ -1,10 +1,13 @@
 """Sweeps: a multirun is one MLflow parent run with a child run per job, summarised on the parent."""
 import json
+import re
 
 import pytest
 import yaml
 from conftest import QUIET, cli
 from mlflow.entities import ViewType
+
+from test_console import SWEEP_CHATTER
 
 TINY = ["data=xor", "trainer.max_epochs=2", *QUIET]
 
@@ -118,6 +121,13 @@ def test_an_8_job_sweep_in_parallel_processes_records_every_run_in_the_sqlite_st
                  "seed=0,1", *TINY)
     assert result.returncode == 0, result.stderr
     assert "database is locked" not in result.stderr
+    # launched in a new folder, its jobs in worker processes of their own: no library chatter, as the other launchers
+    # (tests/test_console.py); each job's results
+    for chatter in SWEEP_CHATTER:
+        assert chatter not in result.stdout + result.stderr, chatter
+    assert "8 jobs" in result.stdout + result.stderr
+    assert [len(re.findall(rf"xor · {model} · 2 epochs\b", result.stdout)) for model in ("mlp", "linear")] == [4, 4], (
+        result.stdout)
 
     parent, children = parent_and_children(store)
     assert len(children) == 8

@@ -14,7 +14,7 @@ import torch
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import r2_score, root_mean_squared_error
 
-from conftest import QUIET, SHARED_DATA, cli
+from conftest import QUIET, SHARED_DATA, cli, refusal
 from experiments import metrics
 from experiments.api import predict, run_experiment
 from experiments.data.tabular import csv_dataset
@@ -279,11 +279,18 @@ def bad_input(tmp_path: Path, case: str) -> list[str]:
     ("empty column", ["column notes", "entirely empty"]),
     ("one-row validation split", ["val split holds a single sample", "metrics.r2 is undefined", "metrics.r2=null"]),
 ])
-def test_bad_csv_input_is_one_line_and_leaves_no_run_running(tmp_path, case, expected):
-    result = cli("-m", "experiments", *bad_input(tmp_path, case), *QUIET, cwd=tmp_path)
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and all(text in lines[0] for text in expected), result.stderr
+def test_bad_csv_input_is_refused_saying_what_is_wrong_and_leaves_no_run_running(tmp_path, case, expected):
+    # each case in this process (refusal); the command's one line on stderr: the next test
+    message = refusal([*bad_input(tmp_path, case), *QUIET])
+    assert all(text in message for text in expected), message
+    assert runs_left_running(tmp_path) == []
+
+
+def test_bad_csv_input_is_one_line_and_leaves_no_run_running(tmp_path):
+    result = cli("-m", "experiments", *bad_input(tmp_path, "text target"), *QUIET, cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: data.target=price is not numeric: 'cheap' on line 3 of "), line
     assert runs_left_running(tmp_path) == []
 
 

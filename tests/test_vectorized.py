@@ -90,14 +90,6 @@ def test_a_seed_sweep_of_e2_trains_as_one_group_each_job_as_if_alone(isolated):
         assert {"model.pt", "decision_boundary.png", ".hydra"} <= {path.name for path in (folder / str(job)).iterdir()}
 
 
-def test_a_learning_rate_sweep_of_sgd_and_adam_gives_each_job_its_own_rate(isolated):
-    # shuffled batches (each seed its own order) and the one-cycle schedule peaking at each job's rate
-    assert_same_as_alone(["optimizer=sgd,adam", "optimizer.lr=0.2,0.02", "data.n_points=300",
-                          "trainer.max_epochs=3"], isolated,
-                         "vectorized: 4 of 4 jobs in 2 group(s): #0-1 (differing in optimizer.lr), "
-                         "#2-3 (differing in optimizer.lr)")
-
-
 def test_a_seed_sweep_of_house_prices_trains_in_a_group_each_job_on_its_own_target_scale(isolated):
     # data.standardize_target (the default): each job's model learns the target standardised on its own training
     # rows, which its seed picks, and records its loss and metrics in the target's units (MEDV, $1000s). A
@@ -113,6 +105,8 @@ def test_a_seed_sweep_of_house_prices_trains_in_a_group_each_job_on_its_own_targ
 
 
 def test_a_learning_rate_sweep_of_house_prices_with_sgd_and_adam_gives_each_job_its_own_rate(isolated):
+    # shuffled batches and the one-cycle schedule peaking at each job's rate (circle's classification in a group: the
+    # seed sweep of E2)
     assert_same_as_alone(["data=house_prices", "optimizer=sgd,adam", "optimizer.lr=0.05,0.01", "trainer.max_epochs=3"],
                          isolated, "vectorized: 4 of 4 jobs in 2 group(s): #0-1 (differing in optimizer.lr), "
                                    "#2-3 (differing in optimizer.lr)")
