@@ -232,3 +232,33 @@ def test_the_ddp_trainer_preset_composes():
     trainer = yaml.safe_load(result.stdout)
     assert (trainer["strategy"], trainer["accelerator"], trainer["num_nodes"]) == ("ddp", "gpu", 2)
     assert trainer["max_epochs"] == 50, "the default trainer's settings are kept"
+
+
+def test_hydra_job_chdir_keeps_the_sweep_its_children_and_the_artifacts_in_the_start_folder(store, isolated):
+    # hydra.job.chdir=true (Hydra < 1.2's default) runs each job in its output folder; the single run first, so that a
+    # job (not a sweep's parent, before its jobs) creates the store and the experiment there
+    chdir = ["data=xor", "trainer.max_epochs=1", "hydra.job.chdir=true", *QUIET]
+    single = cli("-m", "experiments", *chdir)
+    assert single.returncode == 0, single.stderr
+    result = cli("-m", "experiments", "-m", "seed=0,1", *chdir)
+    assert result.returncode == 0, result.stderr
+
+    runs = runs_of(store)
+    (parent,) = [run for run in runs if "sweep.overrides" in run.data.tags]
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(child.info.run_name for child in children) == ["seed=0", "seed=1"]
+    assert all(child.info.status == "FINISHED" and "val/loss" in child.data.metrics for child in children)
+    assert "sweep · 2 jobs" in result.stdout and "best job: seed=" in result.stdout
+    summary = json.loads(open(store.download_artifacts(parent.info.run_id, "sweep/children.json")).read())
+    assert len(summary["data"]) == 2
+
+    folders = re.findall(r"^Output folder: (\S+)/ \(", single.stdout + result.stdout, re.MULTILINE)
+    assert len(folders) == 3 and all((isolated / folder / "model.pt").is_file() for folder in folders), folders
+    experiment_id = store.get_experiment_by_name("experiments").experiment_id
+    models = store.search_logged_models([experiment_id])
+    assert len(models) == 3
+    for location in [run.info.artifact_uri for run in runs] + [model.artifact_location for model in models]:
+        assert location.removeprefix("file://").startswith(f"{isolated}/mlruns/"), location
+    for run in [run for run in runs if run is not parent]:
+        assert "plots" in {artifact.path for artifact in store.list_artifacts(run.info.run_id)}
+    assert not list(isolated.glob("*/**/mlruns"))  # none in an output folder

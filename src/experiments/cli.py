@@ -101,6 +101,13 @@ def error_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
+def start_folder() -> Path:
+    """The folder the command was started in (Hydra's runtime.cwd): relative paths the user gives or expects
+    (the store's mlflow.db and mlruns/, hydra.sweep.dir, the data) are there, while hydra.job.chdir=true makes the
+    working directory the job's output folder."""
+    return Path(HydraConfig.get().runtime.cwd)
+
+
 def missing_folders(folder: Path) -> list[Path]:
     """The folders that creating `folder` creates: itself and each parent that does not exist yet, innermost first;
     none where it exists."""

@@ -6,6 +6,7 @@ from lightning.pytorch.utilities.model_summary import ModelSummary
 from rich.console import Console
 from rich.table import Table
 
+from experiments.cli import start_folder
 from experiments.task import STAGES
 
 log = logging.getLogger(__name__)
@@ -78,5 +79,6 @@ def print_results(title: str, results: dict[str, float], run_id: str, ui_command
 
 
 def shown(path: Path) -> Path:
-    """`path` relative to the working directory when inside it (outputs/<date>/<time>), else as it is."""
-    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+    """`path` relative to the folder the command was started in when inside it (outputs/<date>/<time>), else as it
+    is: not to the working directory, which hydra.job.chdir=true makes the output folder itself (`./`)."""
+    return path.relative_to(start_folder()) if path.is_relative_to(start_folder()) else path

@@ -31,7 +31,7 @@ from torchmetrics import Metric
 
 from experiments import checkpoint, models, plots, resume, store, sweep, tracking
 from experiments.callbacks import LastCheckpoint
-from experiments.cli import heavy_import
+from experiments.cli import heavy_import, start_folder
 from experiments.compiled import CompiledFit
 from experiments.errors import ConfigError
 from experiments.metrics import class_threshold, configured_metric
@@ -217,7 +217,7 @@ def make_data_paths_absolute(config: DictConfig) -> None:
     for key in ("paths.data_dir", "data.path"):
         path = OmegaConf.select(config, key)
         if path is not None and not Path(path).is_absolute():
-            OmegaConf.update(config, key, str(Path(HydraConfig.get().runtime.cwd, path)))
+            OmegaConf.update(config, key, str(start_folder() / path))
 
 
 def is_first_process(trainer: L.Trainer) -> bool:

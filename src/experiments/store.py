@@ -116,20 +116,40 @@ def environment_restored(*names: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def experiment_id(tracking_uri: str, experiment_name: str) -> str:
+def experiment_id(tracking_uri: str, experiment_name: str, start_folder: Path) -> str:
     """The id of the experiment named so, creating the store and the experiment when missing. A signal while a new
-    SQLite store is created stops the command once it is complete (stops_held_back): 1 to 2 s, MLflow's migrations."""
+    SQLite store is created stops the command once it is complete (stops_held_back): 1 to 2 s, MLflow's migrations.
+
+    A store MLflow opens itself (SQLite, not a server) keeps a new experiment's artifacts in `./mlruns/<id>`, resolved
+    against the working directory when this process first opens the store: it is opened, and the experiment created,
+    in `start_folder`, the folder the command was started in, as without hydra.job.chdir=true, which makes the working
+    directory the job's output folder (each run's model and plots would be in its own folder's mlruns/). MLflow's
+    client has no option for that root (only `mlflow server --default-artifact-root`), and create_experiment's
+    artifact_location cannot name MLflow's own `mlruns/<id>` before the id exists. An experiment already in the store
+    keeps the absolute location it was created with."""
     import mlflow
 
     check_usable(tracking_uri)
-    if sqlite_path(tracking_uri) is not None:
+    if (path := sqlite_path(tracking_uri)) is not None:
         keep_connections_on_stops()
-    with one_process_at_a_time(tracking_uri):
+        tracking_uri = f"sqlite:///{path.absolute()}"  # the same file from start_folder
+    with one_process_at_a_time(tracking_uri), working_directory(start_folder):
         new = not_created(tracking_uri)
         with stops_held_back(f"the new MLflow store {sqlite_path(tracking_uri)} is complete") if new else nullcontext():
             client = mlflow.MlflowClient(tracking_uri)
             experiment = client.get_experiment_by_name(experiment_name)  # creates the store's tables
         return experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+
+
+@contextmanager
+def working_directory(folder: Path) -> Iterator[None]:
+    """Python 3.11's contextlib.chdir, for Python 3.10."""
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 def keep_connections_on_stops() -> None:

@@ -32,7 +32,7 @@ from omegaconf import DictConfig
 
 from experiments import cli, errors, store
 from experiments.cli import (check_objective, check_override_types, error_line, heavy_import, missing_folders,
-                             remove_folders)
+                             remove_folders, start_folder)
 from experiments.ranges import check_ranges
 
 PARENT_FILE = "mlflow_parent_run.json"
@@ -60,7 +60,7 @@ def current_job() -> Job | None:
     hydra_config = HydraConfig.get()
     if hydra_config.mode != RunMode.MULTIRUN:
         return None
-    path = Path(hydra_config.sweep.dir) / PARENT_FILE
+    path = start_folder() / hydra_config.sweep.dir / PARENT_FILE  # a relative sweep.dir: not the job's folder
     if not path.is_file():  # the callback is not registered (a user's own config): plain runs
         return None
     parent = json.loads(path.read_text())
@@ -322,7 +322,7 @@ class ParentRun(Callback):
 
         HydraConfig.instance().set_config(config)  # the `hydra:` resolver in tracking_uri needs it
         self.tracking_uri = config.tracking.tracking_uri
-        experiment_id = store.experiment_id(self.tracking_uri, config.tracking.experiment_name)
+        experiment_id = store.experiment_id(self.tracking_uri, config.tracking.experiment_name, start_folder())
         client = mlflow.MlflowClient(self.tracking_uri)
         overrides = " ".join(config.hydra.overrides.task)
         keys = swept_keys(config)

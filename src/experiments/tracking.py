@@ -18,7 +18,7 @@ from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import store
-from experiments.cli import error_line, keep_run_folder
+from experiments.cli import error_line, keep_run_folder, start_folder
 from experiments.errors import Requeued, ServerLost, Stopped, stops_kept
 from experiments.resume import CHECKPOINT, Interrupted
 from experiments.task import apply
@@ -167,7 +167,8 @@ def start_run(config: DictConfig, run_name: str, choices: dict[str, str | None],
     its tag `error`; SCHEDULED when SLURM requeued the job, whose next start continues it (resume.requeued_run)."""
     tracking = config.tracking
     store.use(tracking.tracking_uri)
-    mlflow.set_experiment(experiment_id=store.experiment_id(tracking.tracking_uri, tracking.experiment_name))
+    experiment_id = store.experiment_id(tracking.tracking_uri, tracking.experiment_name, start_folder())
+    mlflow.set_experiment(experiment_id=experiment_id)
     tags = {f"choice.{group}": str(option) for group, option in choices.items() if not group.startswith("hydra")} | (
         tags or {})
     options = {"experiment_name": tracking.experiment_name, "tracking_uri": tracking.tracking_uri}
@@ -209,9 +210,9 @@ def start_run(config: DictConfig, run_name: str, choices: dict[str, str | None],
 
 
 def resume_command(run_id: str, tracking_uri: str) -> str:
-    """The command that continues an interrupted run, typed in the folder it ran in: it names the run's store (a
-    tracking server, another SQLite file) unless that folder's own, where resume= looks by default."""
-    if tracking_uri == f"sqlite:///{Path.cwd()}/mlflow.db":
+    """The command that continues an interrupted run, typed in the folder it was started in: it names the run's store
+    (a tracking server, another SQLite file) unless that folder's own, where resume= looks by default."""
+    if tracking_uri == f"sqlite:///{start_folder()}/mlflow.db":
         return f"python -m experiments resume={run_id}"
     return f"python -m experiments resume={run_id} {shlex.quote(f'tracking.tracking_uri={tracking_uri}')}"
 
