@@ -193,6 +193,9 @@ def test_a_run_stopped_in_a_store_of_its_own_prints_a_resume_command_that_finds_
     result = cli(*command[1:], *QUIET)
     assert result.returncode == 0, result.stderr
     assert store.get_run(run.info.run_id).info.status == "FINISHED"
+    (ui,) = [line.partition("open the MLflow UI on this store: ")[2] for line in result.stdout.splitlines()
+             if "open the MLflow UI" in line]
+    assert shlex.split(ui) == ["mlflow", "ui", "--backend-store-uri", f"sqlite:///{database}"], "the path quoted"
     assert not (isolated / "mlflow.db").exists(), "no store of the folder's own"
 
 

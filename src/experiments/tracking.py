@@ -260,5 +260,8 @@ def log_model(model: torch.nn.Module, input_example: torch.Tensor | tuple[torch.
 
 
 def ui_command(tracking_uri: str) -> str:
-    """How to see the runs: a tracking server serves its own UI at its address."""
-    return tracking_uri if store.is_server(tracking_uri) else f"mlflow ui --backend-store-uri {tracking_uri}"
+    """How to see the runs, a command to type (its store's path quoted where it has a space); a tracking server
+    serves its own UI at its address."""
+    if store.is_server(tracking_uri):
+        return tracking_uri
+    return f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}"
