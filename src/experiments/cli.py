@@ -21,6 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
 from hydra.experimental.callback import Callback
+from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
@@ -105,7 +106,7 @@ def start_folder() -> Path:
     """The folder the command was started in (Hydra's runtime.cwd): relative paths the user gives or expects
     (the store's mlflow.db and mlruns/, hydra.sweep.dir, the data) are there, while hydra.job.chdir=true makes the
     working directory the job's output folder."""
-    return Path(HydraConfig.get().runtime.cwd)
+    return Path(get_original_cwd())
 
 
 def missing_folders(folder: Path) -> list[Path]:

@@ -61,7 +61,7 @@ class EpochProgress(ProgressBar):
         super().__init__()
         self.interval = interval
         self.enabled = True
-        self.report: EpochReport | None = None
+        self.report: EpochReport | None = None  # while a run trains, in its first process, enabled
 
     def disable(self) -> None:
         self.enabled = False
@@ -71,25 +71,22 @@ class EpochProgress(ProgressBar):
 
     def on_train_start(self, trainer, pl_module) -> None:
         total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-        self.reported = trainer.current_epoch  # a resumed run starts where it stopped
-        if self.enabled and trainer.is_global_zero:
+        if self.enabled and trainer.is_global_zero:  # a resumed run starts where it stopped
             self.report = EpochReport(self.interval, trainer.current_epoch, total)
 
     # A finished epoch's metrics are complete only after every `on_train_epoch_end` hook (Lightning reduces
     # them then), so an epoch is reported when the next starts, and the last one when training ends.
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch > self.reported:
-            self.update(trainer, last=False)
+        self.update(trainer, last=False)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if trainer.current_epoch > self.reported:
-            self.update(trainer, last=True)
+        self.update(trainer, last=True)
         if self.report is not None:
             self.report.close()
             self.report = None
 
     def update(self, trainer, last: bool) -> None:
-        self.reported = trainer.current_epoch
-        if self.report is not None:
+        """Report the epochs finished since the last report, if any."""
+        if self.report is not None and trainer.current_epoch > self.report.reported:
             self.report.update(trainer.current_epoch, {name: f"{float(trainer.callback_metrics[name]):.4g}"
                                                        for name in SHOWN if name in trainer.callback_metrics}, last)
