@@ -18,6 +18,7 @@ Run it on an idle machine: ratios taken beside other work are noisy.
   tiny    the whole command for a tiny run (data=xor trainer.max_epochs=1) where its MLflow store exists (and
           apart, the first one, which creates it), against the imports alone
   sweep   bookkeeping per job of a 10-job sweep of that tiny run (MLflow run, params, model, plots, checkpoint)
+  sweep-cmd  that 10-job sweep as a whole command, per job, against the same with Hydra's basic sweeper
   help    `python -m experiments --help`
   mnist-99  the fastest known MNIST recipe (experiment=mnist_one_epoch_99: one epoch to 99% test accuracy) against
           the published notebook's loop over the same tensors; on the GPU where there is one, else on the CPU
@@ -266,6 +267,19 @@ def sweep() -> tuple:
                            f"launches of jobs {between:.2f} s (its composition of each job's config included)")
 
 
+def sweep_cmd() -> tuple:
+    """A 10-job sweep of the tiny run as a whole command, per job: with the default sweeper, which composes each job's
+    config once, against Hydra's basic sweeper (hydra/sweeper=basic), which composes each twice."""
+    jobs = 10
+    command = ["-m", "experiments", "-m", f"seed=range({jobs})", "data=xor", "trainer.max_epochs=1", *QUIET]
+    mine, hydras = [], []
+    for _ in range(2):  # alternated, the faster of each: a sweep takes some 15 s, long enough for the load to change
+        mine.append(command_seconds(command, repeats=1) / jobs)
+        hydras.append(command_seconds(command + ["hydra/sweeper=basic"], repeats=1) / jobs)
+    return min(mine), min(hydras), ("whole commands in new folders, divided by the jobs: imports and the store's "
+                                    "creation included; the faster of two each, alternated")
+
+
 def mnist_99() -> tuple:
     """REFERENCE.md's fastest known MNIST result (99% test accuracy in one epoch, 0.76 s on a laptop GPU) as
     experiment=mnist_one_epoch_99, against its notebook's loop: the same network, optimizer, schedule and batch size
@@ -321,6 +335,7 @@ ROWS = {  # name: (what, function, target)
     "mnist": ("MNIST CNN epoch fit, plain loop", mnist, "≤ 1.1×"),
     "tiny": ("xor 1 epoch whole command (s), imports alone", tiny, "≤ 5 s"),
     "sweep": ("bookkeeping per sweep job (s)", sweep, "≤ 0.3 s"),
+    "sweep-cmd": ("10-job tiny sweep per job, Hydra's basic sweeper", sweep_cmd, "below 1×"),
     "help": ("--help (s)", help_, "≤ 1.5 s"),
     "mnist-99": ("MNIST to 99% in one epoch, notebook's loop", mnist_99, "≥ 99% test accuracy"),
 }

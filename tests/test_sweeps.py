@@ -92,6 +92,42 @@ def test_a_value_every_job_shares_is_checked_once_before_the_sweep_starts(isolat
     assert not (isolated / "mlflow.db").exists()
 
 
+# `python -m experiments ARGS` counting Hydra's compositions of a sweep's job configs (in composed.txt)
+COUNTING_COMPOSITIONS = """
+import runpy, sys
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+compose = ConfigLoaderImpl.load_sweep_config
+def counted(self, master_config, sweep_overrides):
+    with open("composed.txt", "a") as composed:
+        composed.write(" ".join(sweep_overrides) + "\\n")
+    return compose(self, master_config, sweep_overrides)
+ConfigLoaderImpl.load_sweep_config = counted
+sys.argv = ["experiments", *sys.argv[1:]]
+runpy.run_module("experiments", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("launcher", ["basic", "vectorized"])
+def test_each_job_config_of_a_sweep_is_composed_once_and_each_job_runs_with_its_own(store, isolated, launcher):
+    # Hydra's basic sweeper composes every job's config to check the sweep, then its launcher composes each again;
+    # the default sweeper hands the launcher the configs it checked, a repeated job's too, each to one job
+    (isolated / "counting.py").write_text(COUNTING_COMPOSITIONS)
+    result = cli("counting.py", "-m", f"hydra/launcher={launcher}", "seed=3,5,3", *TINY)
+    assert result.returncode == 0, result.stderr
+    composed = sorted(line.split()[0] for line in (isolated / "composed.txt").read_text().splitlines())
+    assert composed == ["seed=3", "seed=3", "seed=5"]  # each job's overrides: its swept value first
+
+    parent, children = parent_and_children(store)
+    children.sort(key=lambda child: int(child.data.tags["sweep.job"]))
+    assert [(child.data.params["seed"], child.info.status) for child in children] == [
+        ("3", "FINISHED"), ("5", "FINISHED"), ("3", "FINISHED")]
+    assert children[0].data.metrics["val/loss"] == children[2].data.metrics["val/loss"] != children[1].data.metrics[
+        "val/loss"]
+    (sweep_folder,) = isolated.glob("multirun/*/*")
+    assert all((sweep_folder / job / "model.pt").is_file() for job in ("0", "1", "2"))
+
+
 def test_a_sweep_whose_jobs_do_not_compose_leaves_no_run_nor_folder(store, isolated):
     result = cli("-m", "experiments", "-m", "model=nosuch,mlp", *TINY)
     assert result.returncode == 2, result.stderr

@@ -193,7 +193,10 @@ def stop_with_one_line(action: str, error: Exception) -> None:
 
 
 OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+# Every combination of the swept values, in order: Hydra's basic sweeper and ours (hparams_search=none), the same but
+# for composing each job's config once
+BASIC_SWEEPERS = ("hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                  "hydra_plugins.experiments_sweeper.sweeper.ComposeOnceSweeper")
 # The launchers that run every job of a sweep from this command, so that a job with no child run after a stop never
 # ran (SLURM's jobs, once sent, go on without it)
 LAUNCHERS_HERE = ("hydra._internal.core_plugins.basic_launcher.BasicLauncher",
@@ -240,7 +243,7 @@ def fixed_jobs(config: DictConfig) -> list[list[str]] | None:
     BasicSweeper expands its params and the command line's overrides; None where they are not such a list, all run by
     this command: another sweeper (Optuna draws each trial once others ended), a shuffled sweep (its order drawn anew
     each time), another launcher (SLURM's jobs, once sent, go on without it), or a sweep the BasicSweeper refuses."""
-    if config.hydra.sweeper._target_ != BASIC_SWEEPER or config.hydra.launcher._target_ not in LAUNCHERS_HERE:
+    if config.hydra.sweeper._target_ not in BASIC_SWEEPERS or config.hydra.launcher._target_ not in LAUNCHERS_HERE:
         return None
     params = config.hydra.sweeper.get("params") or {}
     arguments = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)

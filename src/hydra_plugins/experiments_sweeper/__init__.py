@@ -1,0 +1,1 @@
+"""hydra/sweeper=compose_once, the default sweeper of `-m` (see sweeper.py)."""
