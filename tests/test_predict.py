@@ -194,4 +194,4 @@ def test_rows_with_text_unseen_categories_and_no_target_predict_and_missing_colu
     short = cli("-m", "experiments.predict", f"run_id={result.run_id}", "input=short.csv", cwd=isolated)
     assert short.returncode == 2
     last = short.stderr.strip().splitlines()[-1]  # after the download's progress bar
-    assert last.startswith("error: input=short.csv") and "lack the input columns size" in last, short.stderr
+    assert last.startswith(f"error: input={isolated}/short.csv:") and "lack the input columns size" in last, short.stderr

@@ -1,10 +1,12 @@
 """Sweeps: a multirun is one MLflow parent run with a child run per job, summarised on the parent."""
 import json
 import re
+import shlex
 
 import pytest
 import yaml
 from conftest import QUIET, cli
+from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
 from test_console import SWEEP_CHATTER
@@ -298,3 +300,30 @@ def test_hydra_job_chdir_keeps_the_sweep_its_children_and_the_artifacts_in_the_s
     for run in [run for run in runs if run is not parent]:
         assert "plots" in {artifact.path for artifact in store.list_artifacts(run.info.run_id)}
     assert not list(isolated.glob("*/**/mlruns"))  # none in an output folder
+
+
+def test_hydra_job_chdir_keeps_a_relative_sqlite_store_and_predicts_files_in_the_start_folder(isolated):
+    # sqlite:///runs.db is the start folder's, as without hydra.job.chdir=true: the sweep's parent (which runs there)
+    # and its jobs (each in its own output folder, in processes of their own) in the one store
+    result = cli("-m", "experiments", "-m", "hydra/launcher=parallel", "seed=0,1", "data=xor", "trainer.max_epochs=1",
+                 "hydra.job.chdir=true", "tracking.tracking_uri=sqlite:///runs.db", *QUIET)
+    assert result.returncode == 0, result.stderr
+    assert [str(path.relative_to(isolated)) for path in isolated.rglob("*.db")] == ["runs.db"]
+    store = MlflowClient(f"sqlite:///{isolated}/runs.db")
+    parent, children = parent_and_children(store)
+    assert sorted(child.info.run_name for child in children) == ["seed=0", "seed=1"]
+    for child in children:
+        assert "val/loss" in child.data.metrics
+        assert "model.pt" in {artifact.path for artifact in store.list_artifacts(child.info.run_id)}
+        assert child.info.artifact_uri.removeprefix("file://").startswith(f"{isolated}/mlruns/")
+    ui_commands = re.findall(r"open the MLflow UI on this store: (.+)$", result.stdout, re.MULTILINE)
+    assert [shlex.split(command)[-1] for command in ui_commands] == [f"sqlite:///{isolated}/runs.db"] * 2
+
+    # predict, in its own output folder too, reads the model and the inputs, and writes the predictions, named from
+    # the start folder
+    folder = re.search(r"^Output folder: (\S+)/ \(", result.stdout, re.MULTILINE)[1]
+    (isolated / "points.csv").write_text("x0,x1\n0,1\n1,1\n")
+    predicted = cli("-m", "experiments.predict", f"checkpoint={folder}/model.pt", "input=points.csv",
+                    "output=points_predicted.csv", "hydra.job.chdir=true")
+    assert predicted.returncode == 0, predicted.stderr
+    assert len((isolated / "points_predicted.csv").read_text().splitlines()) == 3, "a header and the 2 points' rows"

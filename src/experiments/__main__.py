@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments import errors, store, sweep
 from experiments.cli import (CONFIG_NAME, CONFIG_PATH, check_objective, check_override_types, heavy_import,
-                             log_warning, objective_value, reported_as_one_line, run_app)
+                             log_warning, make_paths_absolute, objective_value, reported_as_one_line, run_app)
 from experiments.errors import worker_stops_on_signals
 from experiments.ranges import check_ranges
 
@@ -27,6 +27,7 @@ def objective(config: DictConfig) -> float:
         check_override_types(config)
         check_ranges(config)
         check_objective(config)
+        make_paths_absolute(config)  # before the store is opened: hydra.job.chdir=true runs this in the job's folder
         store.check_usable(config.tracking.tracking_uri)  # in seconds, before torch and the data load
         run = heavy_import("experiments.run").run  # the heavy imports (torch, Lightning, MLflow) start here
         return objective_value(config, run(config).metrics)

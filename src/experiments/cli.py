@@ -10,7 +10,7 @@ import os
 import shutil
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +25,7 @@ from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from experiments import store
 from experiments.errors import ConfigError, Stopped, stop_on_signals
 
 
@@ -107,6 +108,24 @@ def start_folder() -> Path:
     (the store's mlflow.db and mlruns/, hydra.sweep.dir, the data) are there, while hydra.job.chdir=true makes the
     working directory the job's output folder."""
     return Path(get_original_cwd())
+
+
+DATA_PATHS = ("paths.data_dir", "data.path")  # the data_dir first: data.path and data.root interpolate it
+
+
+def make_paths_absolute(config: DictConfig, keys: Iterable[str] = DATA_PATHS) -> None:
+    """Set the relative paths at `keys` (the data's, EXPERIMENTS_DATA_DIR=data and a dataset's file; predict's files)
+    and a relative SQLite store's (tracking.tracking_uri=sqlite:///runs.db) to absolute paths, resolved against the
+    folder the command was started in, not the working directory, which hydra.job.chdir=true makes the job's output
+    folder (in a sweep's jobs too): the files are read from, or written to, the folder meant (a sweep's parent and
+    jobs in one store), the run records them so (params, config.yaml, model.pt), and predict and resume find them
+    from any folder."""
+    for key in keys:
+        path = OmegaConf.select(config, key)
+        if path is not None and not Path(path).is_absolute():
+            OmegaConf.update(config, key, str(start_folder() / path))
+    if (path := store.sqlite_path(config.tracking.tracking_uri)) is not None and not path.is_absolute():
+        config.tracking.tracking_uri = f"sqlite:///{start_folder() / path}"
 
 
 def missing_folders(folder: Path) -> list[Path]:

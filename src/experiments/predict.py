@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from experiments import checkpoint
-from experiments.cli import reported_as_one_line, run_app
+from experiments.cli import make_paths_absolute, reported_as_one_line, run_app
 from experiments.errors import ConfigError
 from experiments.metrics import class_threshold, configured_metrics, predicted_labels, true_labels
 from experiments.ranges import check_ranges
@@ -147,6 +147,7 @@ def run(config: DictConfig) -> pd.DataFrame:
 def app(config: DictConfig) -> None:
     with reported_as_one_line():
         check_ranges(config)
+        make_paths_absolute(config, ("checkpoint", "input", "output"))  # hydra.job.chdir=true: not the job's folder
         run(config)
 
 

@@ -31,7 +31,7 @@ from torchmetrics import Metric
 
 from experiments import checkpoint, models, plots, resume, store, sweep, tracking
 from experiments.callbacks import LastCheckpoint
-from experiments.cli import heavy_import, start_folder
+from experiments.cli import heavy_import, make_paths_absolute
 from experiments.compiled import CompiledFit
 from experiments.errors import ConfigError
 from experiments.metrics import class_threshold, configured_metric
@@ -206,18 +206,6 @@ def output_dir() -> Path | None:
     """This job's Hydra output folder; None when the config was composed without a job (the Python API)."""
     runtime = HydraConfig.get().runtime
     return None if OmegaConf.is_missing(runtime, "output_dir") else Path(runtime.output_dir)
-
-
-def make_data_paths_absolute(config: DictConfig) -> None:
-    """Set a relative `paths.data_dir` (EXPERIMENTS_DATA_DIR=data) and `data.path` (a dataset's file) to absolute
-    paths, resolved against the folder the command was started in, not the working directory, which
-    hydra.job.chdir=true makes the job's output folder (in a sweep's jobs too): the data is read from, or downloaded
-    to, the folder meant, the run records it so (params, config.yaml, model.pt), and predict and resume find the
-    file from any folder. The data_dir first: data.path and data.root interpolate it."""
-    for key in ("paths.data_dir", "data.path"):
-        path = OmegaConf.select(config, key)
-        if path is not None and not Path(path).is_absolute():
-            OmegaConf.update(config, key, str(start_folder() / path))
 
 
 def is_first_process(trainer: L.Trainer) -> bool:
@@ -476,7 +464,7 @@ def run(config: DictConfig) -> Result:
     resumed = resume.interrupted_run(config) if config.get("resume") else resume.requeued_run(config)
     if resumed:
         config = resumed.config
-    make_data_paths_absolute(config)
+    make_paths_absolute(config)  # the Python API's config, or a resumed run's as it was recorded
     task, datamodule = build(config)
     model = task.model
     progress = [instantiate(config.progress)] if config.trainer.enable_progress_bar else []

@@ -126,13 +126,13 @@ def experiment_id(tracking_uri: str, experiment_name: str, start_folder: Path) -
     directory the job's output folder (each run's model and plots would be in its own folder's mlruns/). MLflow's
     client has no option for that root (only `mlflow server --default-artifact-root`), and create_experiment's
     artifact_location cannot name MLflow's own `mlruns/<id>` before the id exists. An experiment already in the store
-    keeps the absolute location it was created with."""
+    keeps the absolute location it was created with. A SQLite store's path is absolute (cli.make_paths_absolute): the
+    same file from `start_folder`."""
     import mlflow
 
     check_usable(tracking_uri)
-    if (path := sqlite_path(tracking_uri)) is not None:
+    if sqlite_path(tracking_uri) is not None:
         keep_connections_on_stops()
-        tracking_uri = f"sqlite:///{path.absolute()}"  # the same file from start_folder
     with one_process_at_a_time(tracking_uri), working_directory(start_folder):
         new = not_created(tracking_uri)
         with stops_held_back(f"the new MLflow store {sqlite_path(tracking_uri)} is complete") if new else nullcontext():

@@ -31,8 +31,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from experiments import cli, errors, store
-from experiments.cli import (check_objective, check_override_types, error_line, heavy_import, missing_folders,
-                             remove_folders, start_folder)
+from experiments.cli import (check_objective, check_override_types, error_line, heavy_import, make_paths_absolute,
+                             missing_folders, remove_folders, start_folder)
 from experiments.ranges import check_ranges
 
 PARENT_FILE = "mlflow_parent_run.json"
@@ -324,6 +324,8 @@ class ParentRun(Callback):
         mlflow = heavy_import("mlflow")
 
         HydraConfig.instance().set_config(config)  # the `hydra:` resolver in tracking_uri needs it
+        # the jobs' store from any folder: a stop amid a job ends the parent in the job's folder (hydra.job.chdir=true)
+        make_paths_absolute(config)
         self.tracking_uri = config.tracking.tracking_uri
         experiment_id = store.experiment_id(self.tracking_uri, config.tracking.experiment_name, start_folder())
         client = mlflow.MlflowClient(self.tracking_uri)

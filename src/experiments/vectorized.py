@@ -33,7 +33,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from experiments import errors, resume, run, store, sweep, tracking
 from experiments.callbacks import StopOnDivergence
-from experiments.cli import check_override_types, config_flags
+from experiments.cli import check_override_types, config_flags, make_paths_absolute
 from experiments.errors import Diverged
 from experiments.report import epochs_text, model_summary, print_model_summary, print_results
 from experiments.models.target_scale import TargetScaled
@@ -143,7 +143,7 @@ def prepare(job: Job, trainers: dict[str, L.Trainer]) -> None:
     HydraConfig.instance().set_config(job.config)  # the `hydra:` resolver in paths.data_dir needs it
     try:
         check_override_types(job.config)
-        run.make_data_paths_absolute(job.config)  # as recorded from here on (`record`, `record_stopped`)
+        make_paths_absolute(job.config)  # as recorded from here on (`record`, `record_stopped`)
         config = task_config(job.config)
         job.task, job.datamodule = run.build(config)
         trainer_key = repr(OmegaConf.to_container(config.trainer, resolve=True))
