@@ -202,8 +202,8 @@ def test_a_run_stopped_in_a_store_of_its_own_prints_a_resume_command_that_finds_
 # A sitecustomize.py that delivers a signal to the command at the first call of a method: where a signal's exception
 # does not reach the code above it as itself. Inside a weakref callback, as the garbage collector runs them (Python
 # drops an exception raised there, printing "Exception ignored in ..."), inside C code that drops it and raises an
-# error of its own (matplotlib's pybind11 converters: "ValueError: Invalid bounding box", seen in this suite once), or
-# inside code that drops it without a trace (C code that clears the error).
+# error of its own (matplotlib's pybind11 converters: "ValueError: Invalid bounding box", seen in this suite once),
+# inside code that drops it without a trace (C code that clears the error); or as it comes, at a chosen moment.
 SIGNAL_AT_FIRST_CALL = """
 import signal, weakref
 from {module} import {cls}
@@ -226,6 +226,9 @@ def dropped():
         signal.raise_signal(signal.{signum})
     except BaseException:
         pass
+
+def raised():
+    signal.raise_signal(signal.{signum})
 
 def first_call(self, *args, **kwargs):
     {cls}.{method} = method
@@ -289,6 +292,67 @@ def test_a_signal_whose_stop_is_dropped_without_a_trace_still_stops_training_and
     runs = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
     vectorized = "hydra/launcher=vectorized" in options
     assert [run.info.status for run in runs] == ["KILLED"] * (3 if vectorized else 1)  # a sweep: its parent, 2 jobs
+
+
+TESTING = {"module": "experiments.task", "cls": "Task", "method": "test_step"}
+# MLflow logging the model: the model created (PENDING), its files not yet written
+WRITING_THE_MODEL = {"module": "mlflow.tracking.client", "cls": "MlflowClient", "method": "log_model_artifacts"}
+
+
+@pytest.mark.parametrize("signum, where, at, models", [
+    ("SIGINT", "dropped", TESTING, []),
+    ("SIGTERM", "dropped", SAVING_A_FIGURE, ["READY"]),  # the records after the plots written, then stopped
+    ("SIGINT", "raised", WRITING_THE_MODEL, ["FAILED"]),
+], ids=["dropped-in-the-test", "dropped-in-the-plots", "in-the-model-logging"])
+def test_a_signal_after_training_ends_the_run_killed_with_what_it_recorded(store, isolated, signum, where, at, models):
+    """A stop dropped without a trace once training was over, where no training loop raises it again: the run was
+    tested and recorded to its end, FINISHED, the command's exit status 0. A stop while MLflow logged the model left
+    the model PENDING (MLflow fails it on an error only)."""
+    (isolated / "injected").mkdir()
+    (isolated / "injected" / "sitecustomize.py").write_text(SIGNAL_AT_FIRST_CALL.format(where=where, signum=signum,
+                                                                                        **at))
+    result = cli("-m", "experiments", "data=house_prices", "trainer.max_epochs=2",
+                 "trainer.callbacks.last_checkpoint.interval=0", *QUIET,
+                 env={"PYTHONPATH": os.pathsep.join([str(isolated / "injected"), str(ROOT / "src")])})
+
+    assert result.returncode == 128 + signal.Signals[signum], result.stderr
+    (run,) = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])
+    assert run.info.status == "KILLED"
+    assert result.stderr.splitlines()[-2:] == [
+        f"run {run.info.run_id} KILLED; continue it from its last checkpoint with: python -m experiments "
+        f"resume={run.info.run_id}", f"error: stopped by {signum}"], result.stderr
+    assert ("test/loss" in run.data.metrics) == (at is not TESTING), "stopped at the test's next batch"
+    logged = store.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert [model.status.name for model in logged] == models
+
+
+@pytest.mark.parametrize("signum, at, overrides, status, lines", [
+    # in mlflow.start_run: the run created, not yet MLflow's active run
+    ("SIGINT", {"module": "mlflow.tracking.fluent", "cls": "ActiveRun", "method": "__init__"}, [], "KILLED",
+     ["SIGINT: stopping once the MLflow run is open, to end it KILLED",
+      "run {run} KILLED before its first checkpoint, so it cannot be continued; run the same command again to train "
+      "it afresh"]),
+    # in mlflow.end_run: the run taken off MLflow's active runs, its status not yet sent
+    ("SIGTERM", {"module": "mlflow.tracking.client", "cls": "MlflowClient", "method": "set_terminated"}, [], "FINISHED",
+     ["SIGTERM: stopping once run {run} is FINISHED, its records complete"]),
+    # a sweep's parent run created, its first record on its way
+    ("SIGINT", {"module": "mlflow.tracking.client", "cls": "MlflowClient", "method": "log_dict"}, ["-m", "seed=0,1"],
+     "KILLED", []),
+], ids=["opening", "ending", "opening-a-sweep"])
+def test_a_signal_while_mlflow_opens_or_ends_a_run_leaves_it_ended(store, isolated, signum, at, overrides, status,
+                                                                   lines):
+    """Stopped while MLflow opened or ended it, the run was left RUNNING."""
+    (isolated / "injected").mkdir()
+    (isolated / "injected" / "sitecustomize.py").write_text(SIGNAL_AT_FIRST_CALL.format(where="raised", signum=signum,
+                                                                                        **at))
+    result = cli("-m", "experiments", *overrides, "data=xor", "trainer.max_epochs=1", *QUIET,
+                 env={"PYTHONPATH": os.pathsep.join([str(isolated / "injected"), str(ROOT / "src")])})
+
+    assert result.returncode == 128 + signal.Signals[signum], result.stderr
+    (run,) = store.search_runs([store.get_experiment_by_name("experiments").experiment_id])  # a sweep's: its parent
+    assert run.info.status == status
+    assert result.stderr.splitlines()[-len(lines) - 1:] == [
+        *(line.format(run=run.info.run_id) for line in lines), f"error: stopped by {signum}"], result.stderr
 
 
 # A sitecustomize.py that delivers SIGTERM to the command as soon as MLflow's first batch of metrics is written to its

@@ -77,17 +77,19 @@ def signal_handler(stop: Callable[[int], NoReturn]) -> Callable:
     Code the signal interrupts may also drop the stop without a trace (C code that clears the error and raises
     nothing of its own): training would go on, to its end or, in a worker of the joblib launcher, until the
     launching process kills it, its run left RUNNING. So the training loops (Task.training_step, trainer=compiled's
-    and the vectorised launcher's) raise `signal_stop` again at their next batch (epoch, for the compiled one) once
-    it is set: while they train, no stop is on its way out. A later signal is still ignored, not taken for a lost
-    stop: the handler cannot tell one from a stop whose clean-up runs, and a joblib worker stopped by Ctrl-C gets a
-    second SIGINT as a rule (the process group's, then the one stop_workers forwards), often in that clean-up."""
+    and the vectorised launcher's) and Task's evaluation (its test) raise `signal_stop` again at their next batch
+    (epoch, for the compiled one) once it is set: while they run, no stop is on its way out; and so does the end of a
+    stops_kept block, for a stop dropped after them (in a run's records). A later signal is still ignored, not taken
+    for a lost stop: the handler cannot tell one from a stop whose clean-up runs, and a joblib worker stopped by
+    Ctrl-C gets a second SIGINT as a rule (the process group's, then the one stop_workers forwards), often in that
+    clean-up."""
 
     def handle(signum, frame):
         global received_signal, signal_stop, stop_dropped, held_signal
         if stop_dropped:
             stop_dropped = False
             raise signal_stop
-        if holding:
+        if holding and received_signal is None:  # a later signal, in a stop's clean-up, is ignored as below
             if held_signal is None:
                 held_signal = signum
                 print(f"{signal.Signals(signum).name}: stopping once {holding}", file=sys.stderr, flush=True)
@@ -120,8 +122,8 @@ def deliver_dropped_stop(unraisable) -> None:
 
 
 def raise_stop_again() -> NoReturn:
-    """Raise the signal's stop again, from a training loop that reached its next batch after it: the stop was dropped
-    on its way out (signal_handler)."""
+    """Raise the signal's stop again, from a loop that reached its next batch after it, or a stops_kept block that
+    ended without it: the stop was dropped on its way out (signal_handler)."""
     global stop_dropped
     stop_dropped = False  # on its way out again: deliver_dropped_stop's raise, due in 10 ms, would cut the clean-up
     raise signal_stop
@@ -150,7 +152,11 @@ def stops_kept() -> Iterator[None]:
     bounding box"): the run would end FAILED, and a sweep go on to its next job. So may Lightning, for a SIGTERM
     whose stop was dropped (signal_handler): it saw the signal too, and ends the fit with a SystemExit of its own
     (SIGTERMException), the run FAILED and the command's exit status 0. An error raised after the stop came through
-    here is an error of its own (one in the clean-up of the stopped runs)."""
+    here is an error of its own (one in the clean-up of the stopped runs).
+
+    A stop that came and was dropped is raised as the block ends, where the run would end FINISHED and the command go
+    on (dropped in a run's test or records, which no training loop follows); but not while it is on its way out, the
+    exception a caller handles (the vectorised launcher's clean-up of its stopped jobs opens their runs there)."""
     global stop_reached
     try:
         yield
@@ -162,6 +168,9 @@ def stops_kept() -> Iterator[None]:
     except BaseException as error:
         stop_reached = stop_reached or error is signal_stop
         raise
+    if signal_stop is not None and sys.exc_info()[1] is not signal_stop:
+        stop_reached = True
+        raise_stop_again()
 
 
 @contextmanager

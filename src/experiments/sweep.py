@@ -331,9 +331,13 @@ class ParentRun(Callback):
         client = mlflow.MlflowClient(self.tracking_uri)
         overrides = " ".join(config.hydra.overrides.task)
         keys = swept_keys(config)
-        run = client.create_run(experiment_id, run_name=f"sweep {overrides}".strip(),
-                                tags={"sweep.overrides": overrides})
-        self.run_id = run.info.run_id
+        # a stop while the parent run opens comes once it is open and will be ended at a stop (KILLED): stopped in
+        # between, it was left RUNNING
+        with errors.stops_held_back("the sweep's parent run is open, to end it KILLED"):
+            self.run_id = client.create_run(experiment_id, run_name=f"sweep {overrides}".strip(),
+                                            tags={"sweep.overrides": overrides}).info.run_id
+            atexit.register(self.end_at_exit)  # the sweep failed before on_multirun_end
+            cli.at_stop.append(self.end_at_exit)  # or a signal stopped it: ended before the command's last line
         sweep_dir = Path(config.hydra.sweep.dir)  # resolved once here: the jobs see the same ${now:} folder
         self.new_folders = [str(folder) for folder in missing_folders(sweep_dir)]
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -343,8 +347,6 @@ class ParentRun(Callback):
         self.jobs = fixed_jobs(config)
         self.hydra_arguments = [*cli.config_flags(config.hydra), "-m",
                                 *(flag for flag in config.hydra.overrides.hydra if flag != "hydra.mode=MULTIRUN")]
-        atexit.register(self.end_at_exit)  # the sweep failed before on_multirun_end
-        cli.at_stop.append(self.end_at_exit)  # or a signal stopped it: ended before the command's last line
 
     def summarise(self, config: DictConfig) -> int:
         """Log the children's table, the best child and the objective plot on the parent, print them, end

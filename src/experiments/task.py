@@ -176,6 +176,8 @@ class Task(L.LightningModule):
     def evaluate(self, batches, record: EpochOutputs) -> None:
         """Add the model's outputs and losses for `batches` to `record` (an evaluation: the caller turns off gradients)."""
         for inputs, targets in batches:
+            if errors.signal_stop is not None:  # a stop dropped on its way out (errors.signal_handler)
+                errors.raise_stop_again()
             outputs = apply(self.model, inputs)
             record.add(outputs, targets, self.loss(outputs, targets))
 

@@ -6,20 +6,21 @@ import shlex
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import torch
 from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import store
 from experiments.cli import error_line, keep_run_folder, start_folder
-from experiments.errors import Requeued, ServerLost, Stopped, stops_kept
+from experiments.errors import Requeued, ServerLost, Stopped, stops_held_back, stops_kept
 from experiments.resume import CHECKPOINT, Interrupted
 from experiments.task import apply
 
@@ -164,7 +165,9 @@ def start_run(config: DictConfig, run_name: str, choices: dict[str, str | None],
     `tags`, nested under `parent_run_id` when given (a sweep's job), or reopen the `resumed` one. It ends
     FINISHED; KILLED when a signal stops the block (with the line that resumes it, for a run tagged with its
     checkpoint folder); FAILED if the block raises, with the error's line as
-    its tag `error`; SCHEDULED when SLURM requeued the job, whose next start continues it (resume.requeued_run)."""
+    its tag `error`; SCHEDULED when SLURM requeued the job, whose next start continues it (resume.requeued_run).
+    A signal while MLflow opens or ends the run comes once it has (errors.stops_held_back): stopped midway, MLflow
+    left the run RUNNING."""
     tracking = config.tracking
     store.use(tracking.tracking_uri)
     experiment_id = store.experiment_id(tracking.tracking_uri, tracking.experiment_name, start_folder())
@@ -172,19 +175,25 @@ def start_run(config: DictConfig, run_name: str, choices: dict[str, str | None],
     tags = {f"choice.{group}": str(option) for group, option in choices.items() if not group.startswith("hydra")} | (
         tags or {})
     options = {"experiment_name": tracking.experiment_name, "tracking_uri": tracking.tracking_uri}
-    if resumed:
-        run = mlflow.start_run(run_id=resumed.run_id)
-        mlflow.set_tags(tags)
-        logger = EpochLogger(run_id=run.info.run_id, recorded_steps=resumed.recorded_steps, **options)
-    else:
-        run = mlflow.start_run(run_name=run_name, tags=tags, parent_run_id=parent_run_id)
-        logger = EpochLogger(run_id=run.info.run_id, **options)
-    keep_run_folder()
+    logger = None  # until the run is open
+    ending = ExitStack()  # holds a stop back as the run ends FINISHED (below)
     try:
+        with stops_held_back("the MLflow run is open, to end it KILLED"):
+            if resumed:
+                run = mlflow.start_run(run_id=resumed.run_id)
+                mlflow.set_tags(tags)
+                logger = EpochLogger(run_id=run.info.run_id, recorded_steps=resumed.recorded_steps, **options)
+            else:
+                run = mlflow.start_run(run_name=run_name, tags=tags, parent_run_id=parent_run_id)
+                logger = EpochLogger(run_id=run.info.run_id, **options)
+        keep_run_folder()
         with stops_kept():
             if not resumed:
                 log_config(config)
             yield logger
+        # Its records complete, a stop from here comes once the run has ended FINISHED: held back from inside the try,
+        # where a stop before ends it KILLED, until after mlflow.end_run, which takes the run off its active runs first
+        ending.enter_context(stops_held_back(f"run {run.info.run_id} is FINISHED, its records complete"))
     except Requeued:
         end_run("SCHEDULED", logger)
         print(f"run {run.info.run_id} SCHEDULED: SLURM requeued the job, which continues the run from its last "
@@ -204,9 +213,11 @@ def start_run(config: DictConfig, run_name: str, choices: dict[str, str | None],
                       "same command again to train it afresh", file=sys.stderr)
         raise
     except BaseException as error:
-        end_run("FAILED", logger, {"error": error_line(error)})
+        if logger is not None:  # else MLflow did not open the run
+            end_run("FAILED", logger, {"error": error_line(error)})
         raise
-    mlflow.end_run()
+    with ending:
+        mlflow.end_run()
 
 
 def resume_command(run_id: str, tracking_uri: str) -> str:
@@ -218,12 +229,16 @@ def resume_command(run_id: str, tracking_uri: str) -> str:
 
 
 def end_run(status: str, logger: EpochLogger, tags: dict[str, str] | None = None) -> None:
-    """End the active run `status`, tagged `tags`. With its tracking server lost, tried once, untagged: the run
-    may then stay RUNNING there, as a run whose process died, which resuming continues."""
+    """End the active run `status`, tagged `tags`, its MLflow model FAILED where a stop cut its logging short (MLflow
+    fails it on an error, but leaves it PENDING on a stop). With its tracking server lost, tried once, untagged: the
+    run may then stay RUNNING there, as a run whose process died, which resuming continues."""
     logger.lost = logger.lost or bool(store.unreachable(logger._tracking_uri))  # lost since the last metrics
     if not logger.lost:
         if tags:
             mlflow.set_tags(tags)
+        model = mlflow.last_logged_model()  # this process's last
+        if model and model.source_run_id == logger.run_id and model.status == LoggedModelStatus.PENDING:
+            mlflow.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
         mlflow.end_run(status)
         return
     with failing_fast(), suppress(MlflowException):
