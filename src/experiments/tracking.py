@@ -236,9 +236,13 @@ def end_run(status: str, logger: EpochLogger, tags: dict[str, str] | None = None
     if not logger.lost:
         if tags:
             mlflow.set_tags(tags)
-        model = mlflow.last_logged_model()  # this process's last
-        if model and model.source_run_id == logger.run_id and model.status == LoggedModelStatus.PENDING:
-            mlflow.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        # the run's own, from its store (mlflow.last_logged_model looks this process's last up in the current store,
+        # which need not hold it: a run of the Python API after one in another store)
+        for model in mlflow.search_logged_models(experiment_ids=[mlflow.active_run().info.experiment_id],
+                                                 filter_string=f"source_run_id = '{logger.run_id}'",
+                                                 output_format="list"):
+            if model.status == LoggedModelStatus.PENDING:
+                mlflow.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
         mlflow.end_run(status)
         return
     with failing_fast(), suppress(MlflowException):
