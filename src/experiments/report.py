@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 def log_choices(choices: dict[str, str | None], overrides: list[str]) -> None:
     """One line with the option chosen in each config group, and the command line's other overrides."""
     chosen = [f"{group}={option}" for group, option in reversed(choices.items())  # in the defaults list's order
-              if option is not None and not group.startswith("hydra")]
+              if option not in (None, "none") and not group.startswith("hydra")]  # none: hparams_search's no search
     others = [override for override in overrides if override.split("=", 1)[0].lstrip("+~") not in choices]
     log.info(" ".join(chosen) + (f" · overrides: {' '.join(others)}" if others else ""))
 
