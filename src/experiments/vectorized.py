@@ -587,7 +587,8 @@ def rerun_command(job: Job) -> str:
     config asks for a sweep) as one run, hydra.mode=RUN."""
     hydra = [override for override in job.config.hydra.overrides.hydra
              if not override.lstrip("+~").startswith(SWEEP_ONLY)]
-    search = ["hydra.mode=RUN"] if job.config.hydra.runtime.choices.get("hparams_search") != "none" else []
+    searched = job.config.hydra.runtime.choices.get("hparams_search") not in (None, "none")  # none: no search
+    search = ["hydra.mode=RUN"] if searched else []
     return "python -m experiments " + shlex.join([*config_flags(job.config.hydra), *hydra,
                                                   *job.config.hydra.overrides.task, *search])
 
