@@ -117,6 +117,23 @@ def test_progress_bar_over_epochs_on_a_terminal(tmp_path):
     assert "circle · mlp · 3 epochs" in stdout and "Output folder: outputs/" in stdout
 
 
+def test_progress_null_trains_the_same_run_without_progress(tmp_path, store):
+    """progress=null, as a Hydra user drops a node (false reads the same), turns the progress off as
+    trainer.enable_progress_bar=false does: no line and no bar, Lightning's own (`Epoch 1/1 ━━━`) included."""
+    metrics = {}
+    for progress in ("progress=null", "progress=false", ""):  # "": the default progress, lines in a pipe
+        result = cli("-m", "experiments", "data=xor", "trainer.max_epochs=2", *progress.split(), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == ""
+        lines = re.findall(r"^epoch \d.*", result.stdout, re.MULTILINE | re.IGNORECASE)
+        assert len(lines) == (0 if progress else 2), (progress, lines)
+        run = store.get_run(re.search(r"^MLflow run (\w+)", result.stdout, re.MULTILINE).group(1))
+        assert run.info.status == "FINISHED"
+        metrics[progress] = {name: value for name, value in run.data.metrics.items() if not name.startswith("time/")}
+    assert "val/loss" in metrics[""]
+    assert metrics["progress=null"] == metrics["progress=false"] == metrics[""]
+
+
 def test_a_sweep_launched_in_a_new_folder_prints_no_library_chatter(tmp_path):
     # the launching process creates the store (the sweep's parent run) and, vectorised, builds the trainers
     # (hydra/launcher=parallel, whose jobs run in worker processes of their own: tests/test_sweeps.py's 8-job sweep)

@@ -188,6 +188,15 @@ def test_a_job_that_diverges_in_a_group_fails_at_its_epoch_and_the_others_train_
     assert [float(value) for value in progress[-1][1:]] == pytest.approx(finals, rel=1e-3)
 
 
+def test_progress_null_trains_the_group_as_one_program_without_progress():
+    # as a single run's (test_console): no progress line, and not the group's fallback to one job at a time
+    result = cli(*VECTORIZED, "seed=0,1", "data=xor", "trainer.max_epochs=1", "progress=null")
+    assert result.returncode == 0, result.stderr
+    assert "vectorized: 2 of 2 jobs in 1 group(s): #0-1 (differing in seed)" in result.stdout
+    assert "could not train as one program" not in result.stdout
+    assert not re.search(r"\bepoch \d", result.stdout, re.IGNORECASE), result.stdout
+
+
 def test_a_group_too_large_for_the_memory_budget_is_split_and_each_part_trains_as_the_whole_would(isolated):
     sweep = ["seed=0,1,2,3", "trainer.max_epochs=2", "data.n_points=100", *QUIET]
     result = cli(*VECTORIZED, *sweep, "hydra.launcher.memory_budget_mb=0.35")

@@ -24,6 +24,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import get_object, instantiate
 from lightning.pytorch.accelerators import AcceleratorRegistry, CPUAccelerator
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
@@ -309,16 +310,25 @@ def build_metrics(metrics: DictConfig, loss) -> dict:
     return built
 
 
-def build_trainer(options: DictConfig, extra_callbacks: list[L.Callback]) -> L.Trainer:
-    """Lightning's trainer as the trainer config says, without a logger, with its callbacks and `extra_callbacks`.
+def shows_progress(config: DictConfig) -> bool:
+    """Whether a run reports its progress: not with trainer.enable_progress_bar=false, nor with `progress=null` (or
+    false), as a Hydra user drops a config node."""
+    return bool(config.trainer.enable_progress_bar and config.get("progress"))
+
+
+def build_trainer(options: DictConfig, progress: ProgressBar | None) -> L.Trainer:
+    """Lightning's trainer as the trainer config says, without a logger, with its callbacks and `progress` as its
+    progress bar: without one, none (where trainer.enable_progress_bar is true Lightning would add its own).
     The config's callbacks are a dict by name (conf/trainer/default.yaml; null drops one), Lightning's a list;
     `compiled` (conf/trainer/compiled.yaml) is no option of Lightning's."""
     options = OmegaConf.to_container(options, resolve=True)
     options.pop("compiled", None)
     callbacks = [instantiate(callback) for callback in (options.pop("callbacks", None) or {}).values()
                  if callback is not None]
+    if progress is not None:
+        callbacks.append(progress)
     try:
-        trainer = instantiate(options, logger=False, callbacks=[*callbacks, *extra_callbacks])
+        trainer = instantiate(options, logger=False, callbacks=callbacks, enable_progress_bar=progress is not None)
     except InstantiationException as error:
         problem = (accelerator_problem(options.get("accelerator"))
                    or unknown_option_problem("trainer", options["_target_"], options, error))
@@ -467,7 +477,7 @@ def run(config: DictConfig) -> Result:
     make_paths_absolute(config)  # the Python API's config, or a resumed run's as it was recorded
     task, datamodule = build(config)
     model = task.model
-    progress = [instantiate(config.progress)] if config.trainer.enable_progress_bar else []
+    progress = instantiate(config.progress) if shows_progress(config) else None
     trainer = build_trainer(config.trainer, progress)  # the first process adds MLflow's logger below
     check_launch(trainer)
     compiled = instantiate(config.trainer.compiled) if config.trainer.get("compiled") else None

@@ -154,7 +154,7 @@ def prepare(job: Job, trainers: dict[str, L.Trainer]) -> None:
             level = lightning_log.level
             lightning_log.setLevel(logging.WARNING)
             try:
-                trainers[trainer_key] = run.build_trainer(config.trainer, [])
+                trainers[trainer_key] = run.build_trainer(config.trainer, None)
             finally:
                 lightning_log.setLevel(level)
         job.trainer = trainers[trainer_key]
@@ -537,7 +537,7 @@ class Group:
     def progress(self, epochs: int) -> EpochReport | None:
         """The group's progress, as a single run's (trainer.enable_progress_bar, the `progress` config), its lines
         named by the group's jobs: the launcher trains it with no Lightning trainer, whose callback reports a run's."""
-        if not self.trainer_config.enable_progress_bar:
+        if not run.shows_progress(self.jobs[0].config):
             return None
         label = f"group #{numbers(sorted(job.index for job in self.jobs))}"
         return EpochReport(self.jobs[0].config.progress.interval, 0, epochs, label)
