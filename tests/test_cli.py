@@ -87,6 +87,18 @@ def test_unknown_option_is_one_line_naming_the_available_options():
     assert {"circle", "diagonal", "xor", "mnist"} <= {option.strip() for option in options.split(",")}
 
 
+@pytest.mark.parametrize("args", [["scheduler=null"], ["-m", "seed=1,2", "scheduler=null,constant"]],
+                         ids=["run", "sweep"])
+def test_a_config_group_set_to_null_is_one_line_naming_its_options(tmp_path, args):
+    # Hydra's ValueError, with its traceback; the sweep's after its parent run opened
+    result = cli("-m", "experiments", *args, "data=xor", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {args[-1]}: a config group takes one of its options, not null; leave the override out for the "
+        "group's default, or choose one of the available scheduler options: constant, one_cycle"], result.stderr
+    assert list(tmp_path.iterdir()) == [], "nothing ran: no MLflow store, no output folder"
+
+
 def test_wrong_value_type_is_one_line():
     result = cli("-m", "experiments", "optimizer.lr=abc")
     assert result.returncode != 0
@@ -300,7 +312,11 @@ def test_an_unknown_flag_or_flags_hydra_refuses_together_are_one_line_naming_the
                         # Hydra's ValueError, with its traceback
                         (["-m", "--cfg", "hydra"], "--multirun and --cfg cannot be used together: give one of --run, "
                                                    "--multirun, --cfg, --info, --shell-completion at a time"),
-                        (["--resolve"], "--resolve goes with --cfg or --help only")]:
+                        (["--resolve"], "--resolve goes with --cfg or --help only"),
+                        # argparse takes one run of overrides: the second was "unrecognized arguments: seed=1,2"
+                        (["data=xor", "-m", "seed=1,2"], "seed=1,2 after a flag that follows other overrides: give "
+                                                         "the flags first, then all the overrides (python -m "
+                                                         "experiments -m key=value ...)")]:
         result = cli("-m", "experiments", *args)
         assert result.returncode == 2
         assert result.stderr.splitlines() == [f"error: {error}; {hint}"], result.stderr

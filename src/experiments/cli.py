@@ -1,6 +1,7 @@
 """Command-line plumbing shared by the apps (`experiments`, `experiments.reproduce`, ...): bad input
 reported as one line, override values checked against their types, the heavy libraries imported once.
 Imports only Hydra and OmegaConf."""
+import argparse
 import atexit
 import gc
 import importlib
@@ -16,9 +17,12 @@ from pathlib import Path
 from types import ModuleType
 
 import hydra
-from hydra._internal.utils import get_args_parser
+from hydra._internal.config_repository import ConfigRepository
+from hydra._internal.utils import create_automatic_config_search_path, get_args_parser
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.config_search_path import SearchPathQuery
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep
 from hydra.errors import HydraException, MissingConfigException
 from hydra.experimental.callback import Callback
 from hydra.utils import get_original_cwd
@@ -269,11 +273,12 @@ def config_flags(hydra_config: DictConfig) -> list[str]:
 COMMAND_FLAGS = ("run", "multirun", "cfg", "info", "shell_completion")
 
 
-def check_flags() -> None:
-    """A flag Hydra does not take (`--foo`, `--cfg foo`), or flags it does not take together (`-m --cfg hydra`), as
-    one line, as bad input, where argparse would print Hydra's usage block under the name of the file Python ran
-    (`usage: __main__.py ...`) and Hydra raise a ValueError. Parsed by Hydra's own parser, which then parses the
-    command line again: its flags (--help, --cfg, -m, ...) work as ever."""
+def check_flags() -> argparse.Namespace:
+    """A flag Hydra does not take (`--foo`, `--cfg foo`), overrides on both sides of a flag (`data=xor -m seed=1,2`:
+    argparse takes one run of them), or flags Hydra does not take together (`-m --cfg hydra`), as one line, as bad
+    input, where argparse would print Hydra's usage block under the name of the file Python ran (`usage: __main__.py
+    ...`) and Hydra raise a ValueError. Parsed by Hydra's own parser, which then parses the command line again: its
+    flags (--help, --cfg, -m, ...) work as ever. The flags parsed."""
     def refuse(message: str) -> None:
         print(f"error: {message}; {command_name()} --help lists the options (key=value), --hydra-help the flags",
               file=sys.stderr)
@@ -281,13 +286,40 @@ def check_flags() -> None:
 
     parser = get_args_parser()
     parser.error = refuse
-    flags = parser.parse_args()
+    flags, unparsed = parser.parse_known_args()
+    if unparsed and not any(arg.startswith("-") for arg in unparsed):  # argparse takes one run of overrides only
+        refuse(f"{' '.join(unparsed)} after a flag that follows other overrides: give the flags first, then all "
+               f"the overrides ({command_name()} -m key=value ...)")
+    if unparsed:
+        refuse(f"unrecognized arguments: {' '.join(unparsed)}")
     names = {dest: f"--{dest.replace('_', '-')}" for dest in COMMAND_FLAGS}
     given = [name for dest, name in names.items() if getattr(flags, dest) not in (None, False)]
     if len(given) > 1:
         refuse(f"{' and '.join(given)} cannot be used together: give one of {', '.join(names.values())} at a time")
     if flags.resolve and flags.cfg is None and not flags.help:
         refuse("--resolve goes with --cfg or --help only")
+    return flags
+
+
+def check_null_groups(flags: argparse.Namespace) -> None:
+    """Refuse a config group set to null on the command line (`scheduler=null`, or among a sweep's values), naming
+    its options as Hydra names them for an option it does not have: Hydra refuses it with a bare ValueError and its
+    traceback. The config groups are looked up (Hydra's config repository) only where an override is null."""
+    nulls = [override for override in OverridesParser.create().parse_overrides(flags.overrides)
+             if not override.is_delete() and "." not in override.key_or_group
+             and None in (override.value().list if isinstance(override.value(), ChoiceSweep) else [override.value()])]
+    if not nulls:
+        return
+    search_path = create_automatic_config_search_path(None, None, flags.config_path or CONFIG_PATH)
+    if flags.config_dir:  # -cd, as Hydra adds it
+        search_path.prepend("command-line", f"file://{os.path.abspath(flags.config_dir)}",
+                            anchor=SearchPathQuery(provider="schema"))
+    repository = ConfigRepository(search_path)
+    for override in nulls:
+        if options := repository.get_group_options(override.key_or_group):
+            raise ConfigError(f"{override.input_line}: a config group takes one of its options, not null; leave the "
+                              f"override out for the group's default, or choose one of the available "
+                              f"{override.key_or_group} options: {', '.join(options)}")
 
 
 exit_status: int | None = None  # the app's, once it has ended without an uncaught exception (run_app)
@@ -308,7 +340,7 @@ def run_app(app) -> None:
     """
     global exit_status
     sys.argv = ["hydra.verbose=true" if arg in ("-v", "--verbose") else arg for arg in sys.argv]
-    check_flags()
+    flags = check_flags()
     # MLflow would give its loggers a console handler of their own when imported; this leaves them to the
     # job's logging config, which sends their lines to the log file
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
@@ -323,6 +355,7 @@ def run_app(app) -> None:
         else:
             os.environ["HYDRA_FULL_ERROR"] = "1"
             with reported_as_one_line():
+                check_null_groups(flags)
                 app()
     except Stopped as stop:
         for end in at_stop:
