@@ -65,17 +65,31 @@ def test_the_objective_direction_picks_the_best_child(store):
     assert parent.data.metrics["best/val/accuracy"] == best.data.metrics["val/accuracy"]
 
 
-def test_an_objective_metric_no_run_records_is_one_line_naming_those_it_can_before_anything_trains(isolated):
-    result = cli("-m", "experiments", "objective.metric=val/nope", *TINY)
+NOT_RECORDED = ("objective.metric={} is not recorded by these runs: expected <stage>/<name> with the stage train, val, "
+                "test and the name loss, accuracy (the loss or a key of metrics), or one of the run's time/ or model/ "
+                "values")
+NO_CONFIG = ("objective={}: the objective is a config of the metric a sweep ranks its jobs by and its direction; set "
+             "them with objective.metric=<stage>/<name> and objective.direction=minimize or maximize")
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("objective.metric=val/nope", NOT_RECORDED.format("val/nope")),
+    # an AttributeError's traceback, leaving the run's output folder
+    ("objective.metric=null", NOT_RECORDED.format("null")),
+    ("objective=null", NO_CONFIG.format("null")),
+    ("objective=val/accuracy", NO_CONFIG.format("val/accuracy")),
+])
+def test_an_objective_metric_no_run_records_is_one_line_naming_those_it_can_before_anything_trains(isolated, override,
+                                                                                                    expected):
+    result = cli("-m", "experiments", override, *TINY)
     assert result.returncode == 2
-    assert result.stderr.splitlines()[-1].startswith(
-        "error: objective.metric=val/nope is not recorded by these runs: expected <stage>/<name> with the stage "
-        "train, val, test and the name loss, accuracy (the loss or a key of metrics)")
-    assert not (isolated / "mlflow.db").exists()  # no run opened
+    assert result.stderr.strip().splitlines() == [f"error: {expected}"], result.stderr
+    assert list(isolated.iterdir()) == [], "nothing ran: no MLflow store, no output folder"
 
 
 @pytest.mark.parametrize("shared", [
     ["trainer.max_epochs=0"], ["optimizer.lr=abc"], ["objective.direction=minimise"], ["objective.metric=val/acc"],
+    ["objective=null"],  # an AttributeError traceback: a failed job each
     ["hydra/launcher=parallel", "hydra.launcher.n_jobs=0"],
     ["hydra/launcher=vectorized", "hydra.launcher.max_group_size=0"],
     # an Optuna search of no trials ended in Optuna's traceback, none at a time in the sweeper's ZeroDivisionError

@@ -65,14 +65,21 @@ STAGES = ("train", "val", "test")  # task.STAGES, which this module cannot impor
 def check_objective(config: DictConfig) -> None:
     """Refuse an objective whose metric no run records, or a direction other than minimize and maximize, before
     anything trains: found at the end, the metric failed every job of a sweep after its training, and any other
-    direction picked the worst job as the best."""
-    metric, direction = config.objective.metric, config.objective.direction
+    direction picked the worst job as the best. An objective that is no config (objective=null, objective=val/accuracy)
+    or a metric that is no text was an AttributeError's traceback."""
+    objective = config.objective
+    if not isinstance(objective, DictConfig):
+        raise ConfigError(f"objective={'null' if objective is None else objective}: the objective is a config of the "
+                          "metric a sweep ranks its jobs by and its direction; set them with objective.metric="
+                          "<stage>/<name> and objective.direction=minimize or maximize")
+    metric, direction = objective.metric, objective.direction
     if direction not in ("minimize", "maximize"):
-        raise ConfigError(f"objective.direction={direction}: expected minimize or maximize")
-    stage, _, name = metric.partition("/")
+        raise ConfigError(f"objective.direction={'null' if direction is None else direction}: expected minimize or "
+                          "maximize")
+    stage, _, name = metric.partition("/") if isinstance(metric, str) else (None, None, None)
     names = ["loss", *(key for key, value in config.metrics.items() if value is not None)]
     if stage not in (*STAGES, "time", "model", "closed_form") or (stage in STAGES and name not in names):
-        raise ConfigError(f"objective.metric={metric} is not recorded by these runs: expected <stage>/<name> with "
+        raise ConfigError(f"objective.metric={'null' if metric is None else metric} is not recorded by these runs: expected <stage>/<name> with "
                           f"the stage {', '.join(STAGES)} and the name {', '.join(names)} (the loss or a key of "
                           f"metrics), or one of the run's time/ or model/ values")
 
