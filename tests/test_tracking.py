@@ -80,6 +80,19 @@ def test_a_folder_for_a_store_is_one_line_before_anything_trains(isolated, given
     assert not (isolated / "mlruns").exists()
 
 
+@pytest.mark.parametrize("name, expected", [
+    ("", "the MLflow experiment needs a name; give one, or leave it out for the default (experiments)"),
+    ("null", "the MLflow experiment needs a name; give one, or leave it out for the default (experiments)"),
+    ("2024", "the MLflow experiment's name is text; quote it (tracking.experiment_name='2024')"),
+], ids=["empty", "null", "number"])
+def test_an_experiment_name_mlflow_refuses_is_one_line_before_anything_runs(isolated, name, expected):
+    # MLflow's traceback once the run was built, after it had created the store
+    result = cli("-m", "experiments", "data=xor", "trainer.max_epochs=1", f"tracking.experiment_name={name}", *QUIET)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: tracking.experiment_name={name}: {expected}"], result.stderr
+    assert list(isolated.iterdir()) == [], "nothing ran: no MLflow store, no output folder"
+
+
 def test_tracking_uri_from_environment_and_from_config(tmp_path, monkeypatch):
     env_store = tmp_path / "elsewhere.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{env_store}")

@@ -28,6 +28,7 @@ def objective(config: DictConfig) -> float:
         check_ranges(config)
         check_objective(config)
         make_paths_absolute(config)  # before the store is opened: hydra.job.chdir=true runs this in the job's folder
+        store.check_experiment_name(config.tracking.experiment_name)
         store.check_usable(config.tracking.tracking_uri)  # in seconds, before torch and the data load
         run = heavy_import("experiments.run").run  # the heavy imports (torch, Lightning, MLflow) start here
         return objective_value(config, run(config).metrics)

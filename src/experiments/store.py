@@ -83,6 +83,17 @@ def check_usable(tracking_uri: str) -> None:
     check_reachable(tracking_uri)
 
 
+def check_experiment_name(name) -> None:
+    """An experiment name MLflow refuses (empty, null, a number) is one line before the store is opened: MLflow's
+    traceback came once the run was built, after it had created the store."""
+    if name is None or name == "":
+        raise ConfigError(f"tracking.experiment_name={'null' if name is None else ''}: the MLflow experiment needs a "
+                          "name; give one, or leave it out for the default (experiments)")
+    if not isinstance(name, str):
+        raise ConfigError(f"tracking.experiment_name={name}: the MLflow experiment's name is text; quote it "
+                          f"(tracking.experiment_name='{name}')")
+
+
 def check_reachable(tracking_uri: str) -> None:
     """A tracking server that does not answer is one line naming it, within seconds, before anything trains."""
     if error := unreachable(tracking_uri):

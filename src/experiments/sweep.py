@@ -302,6 +302,7 @@ class ParentRun(Callback):
             check_override_types(config)
             check_ranges(config)
             check_objective(config)
+            store.check_experiment_name(config.tracking.experiment_name)
             check_accelerator(config)
         except errors.ConfigError as error:
             stop_with_one_line("the sweep cannot start", error)
