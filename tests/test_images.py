@@ -166,3 +166,16 @@ def test_quick_runs_of_the_readme_work_with_the_default_validation_share():
     for overrides in (["data=mnist", "data.limit=2000"], ["model=lenet_layers", "data=mnist", "data.limit=512"]):
         result = run_experiment([*overrides, "trainer.max_epochs=1", *QUIET])
         assert result.metrics["val/accuracy"] > 0.3, overrides
+
+
+@needs_data
+def test_a_few_images_give_the_model_an_output_per_class_though_its_training_images_lack_some():
+    # data.limit=10 trains on 9 images, none of them a 9: the model had an output per class they hold (9), and the
+    # first validation of the one image held out, a 9, failed in an IndexError, the run FAILED
+    options = dict(root=str(SHARED_DATA), dataset="MNIST", download=False, targets="index", index_range=None,
+                   mean=0.1307, std=0.3081, **LOADER)
+    few = mnist(val_size=0.08333, limit=10, **options)
+    assert 9 not in few.train.targets and 9 in few.val.targets
+    assert few.num_outputs == 10
+    result = run_experiment(["data=mnist", "data.limit=10", "trainer.max_epochs=1", *QUIET])
+    assert {"val/accuracy", "test/accuracy"} <= set(result.metrics)

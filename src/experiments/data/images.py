@@ -16,6 +16,7 @@ from experiments.data.tensors import Split, TensorDataModule
 from experiments.errors import ConfigError
 
 PIXEL_SCALE = 255.0
+CLASSES = 10  # MNIST's digits, Fashion-MNIST's clothes
 
 
 def load_images(root: str, dataset: str, train: bool, download: bool) -> Split:
@@ -84,8 +85,8 @@ def _hold_out(split: Split, val_size: float, seed: int) -> tuple[Split, Split]:
 
 def _encoded(split: Split, targets: str) -> Split:
     if targets not in ("index", "onehot"):
-        raise ConfigError(f"data.targets={targets} does not fit 10 classes; use index or onehot")
-    return Split(split.inputs, encode(split.targets, targets, num_classes=10))
+        raise ConfigError(f"data.targets={targets} does not fit {CLASSES} classes; use index or onehot")
+    return Split(split.inputs, encode(split.targets, targets, num_classes=CLASSES))
 
 
 def mnist(root: str, dataset: str, download: bool, targets: str, val_size: float, limit: int | None,
@@ -94,8 +95,8 @@ def mnist(root: str, dataset: str, download: bool, targets: str, val_size: float
     train = _subset(load_images(root, dataset, True, download), limit, index_range)
     train, val = _hold_out(_encoded(train, targets), val_size, seed)
     test = _encoded(_subset(load_images(root, dataset, False, download), limit, None), targets)
-    return TensorDataModule(train, val, test, target_encoding=targets, scale=PIXEL_SCALE, mean=mean, std=std,
-                            seed=seed, **loader)
+    return TensorDataModule(train, val, test, target_encoding=targets, num_classes=CLASSES, scale=PIXEL_SCALE,
+                            mean=mean, std=std, seed=seed, **loader)
 
 
 def mnist_3v7(root: str, download: bool, targets: str, flatten: bool, seed: int, **loader) -> TensorDataModule:
@@ -108,7 +109,7 @@ def mnist_3v7(root: str, download: bool, targets: str, flatten: bool, seed: int,
 
     train = threes_and_sevens(load_images(root, "MNIST", True, download))
     val = threes_and_sevens(load_images(root, "MNIST", False, download))
-    return TensorDataModule(train, val, target_encoding=targets, scale=PIXEL_SCALE, seed=seed, **loader)
+    return TensorDataModule(train, val, target_encoding=targets, num_classes=2, scale=PIXEL_SCALE, seed=seed, **loader)
 
 
 def mnist_csv(path: str, targets: str, val_size: float, limit: int | None, mean: float, std: float, seed: int,
@@ -124,5 +125,5 @@ def mnist_csv(path: str, targets: str, val_size: float, limit: int | None, mean:
     pixels = torch.tensor(table.drop(columns="label").to_numpy(), dtype=torch.uint8).view(-1, 1, 28, 28)
     data = _subset(Split(pixels, torch.tensor(table["label"].to_numpy())), limit, None)
     train, val = _hold_out(_encoded(data, targets), val_size, seed)
-    return TensorDataModule(train, val, target_encoding=targets, scale=PIXEL_SCALE, mean=mean, std=std, seed=seed,
-                            **loader)
+    return TensorDataModule(train, val, target_encoding=targets, num_classes=CLASSES, scale=PIXEL_SCALE, mean=mean,
+                            std=std, seed=seed, **loader)

@@ -25,11 +25,11 @@ def _points_module(points, labels, *, targets, val_fraction, seed, **loader) -> 
     data = Split(points, encode(labels, targets))
     n_val = round(len(data) * val_fraction)
     if n_val == 0:
-        return TensorDataModule(data, data, target_encoding=targets, seed=seed, **loader)
+        return TensorDataModule(data, data, target_encoding=targets, num_classes=2, seed=seed, **loader)
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     train = Split(data.inputs[order[n_val:]], data.targets[order[n_val:]])
     val = Split(data.inputs[order[:n_val]], data.targets[order[:n_val]])
-    return TensorDataModule(train, val, target_encoding=targets, seed=seed, **loader)
+    return TensorDataModule(train, val, target_encoding=targets, num_classes=2, seed=seed, **loader)
 
 
 def _uniform_points(n_points: int, seed: int) -> torch.Tensor:

@@ -122,6 +122,7 @@ class TensorDataModule(L.LightningDataModule):
         shuffle: bool,
         seed: int,
         target_encoding: str,
+        num_classes: int | None = None,
         scale: float = 1.0,
         mean: float = 0.0,
         std: float = 1.0,
@@ -130,6 +131,7 @@ class TensorDataModule(L.LightningDataModule):
         self.train, self.val, self.test = train, val, test
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.target_encoding = target_encoding
+        self.num_classes = num_classes  # a classification's: the outputs a model gives for index targets
         self.scale, self.mean, self.std = scale, mean, std
         self.on_device: dict[tuple[str, torch.device], Split] = {}
         self.batch_order = self.restored_batch_order = None  # the training batches' generator, its saved state
@@ -144,8 +146,8 @@ class TensorDataModule(L.LightningDataModule):
     @property
     def num_outputs(self) -> int:
         """Output units a model needs for these targets: classes, one-hot width or 1."""
-        if self.target_encoding == "index":
-            return int(self.train.targets.max()) + 1
+        if self.target_encoding == "index":  # the dataset's classes: a few training images may lack some
+            return self.num_classes
         return self.train.targets.shape[1] if self.train.targets.dim() > 1 else 1
 
     def _batches(self, name: str, training: bool) -> TensorBatches:
