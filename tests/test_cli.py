@@ -386,6 +386,8 @@ def test_optimizer_options_torch_refuses_are_one_line_before_a_run_opens(tmp_pat
     (["model.init=foo"], "model.init=foo is not an initialisation; choose one of default, zeros, normal"),
     (["model.activation=foo"], "model.activation=foo is not an activation; choose one of relu, tanh, sigmoid, softmax"),
     (["data.targets=foo"], "data.targets=foo is not a target encoding; choose one of index, onehot, sign, binary"),
+    (["data=xor", "data.val_fraction=0.9"],  # no training points: a RuntimeError traceback
+     "data.val_fraction=0.9 of 4 points leaves none to train on; lower it (0 validates on the training points)"),
     (["+trainer.max_epoch=1"], "trainer.max_epoch is not an option of lightning.Trainer; did you mean "
                                "trainer.max_epochs?"),
     (["data=xor", "+model.foo=1"], "model.foo is not an option of experiments.models.mlp.MLP; remove it, or use one "
@@ -412,7 +414,7 @@ def test_optimizer_options_torch_refuses_are_one_line_before_a_run_opens(tmp_pat
      "metrics.mse.foo is not an option of torchmetrics.MeanSquaredError; remove it, or use one of its options: "
      "squared, num_outputs, compute_on_cpu, dist_sync_on_step, process_group, dist_sync_fn, distributed_available_fn, "
      "sync_on_compute, compute_with_cache"),
-], ids=["two-inputs", "init", "activation", "targets", "trainer-typo", "model-option", "model-typo", "loss-typo",
+], ids=["two-inputs", "init", "activation", "targets", "no-training-points", "trainer-typo", "model-option", "model-typo", "loss-typo",
         "loss-function", "optimizer-typo", "data-option", "metric-typo", "torchmetrics-typo", "torchmetrics-option"])
 def test_a_value_a_model_data_or_trainer_refuses_is_refused_naming_the_option_before_a_run_opens(tmp_path, overrides,
                                                                                                    expected):

@@ -24,6 +24,9 @@ def _points_module(points, labels, *, targets, val_fraction, seed, **loader) -> 
     """Split the points into train and validation; val_fraction 0 validates on the training points."""
     data = Split(points, encode(labels, targets))
     n_val = round(len(data) * val_fraction)
+    if n_val == len(data):  # an empty training split: a RuntimeError in the run's build
+        raise ConfigError(f"data.val_fraction={val_fraction} of {len(data)} points leaves none to train on; lower it "
+                          "(0 validates on the training points)")
     if n_val == 0:
         return TensorDataModule(data, data, target_encoding=targets, num_classes=2, seed=seed, **loader)
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
