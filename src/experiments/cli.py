@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager, suppress
@@ -156,6 +157,21 @@ def remove_folders(folders: list[Path]) -> None:
             parent.rmdir()
 
 
+def check_writable(folder: Path, key: str) -> None:
+    """Refuse an output folder (`key`: hydra.run.dir, hydra.sweep.dir) this command cannot create or write in, before
+    anything is written: Hydra's own attempt was an OSError's traceback, a sweep's once its parent run had opened.
+    Tried by creating it and a folder in it (Hydra writes .hydra/ there), then removing what this created."""
+    created = missing_folders(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(dir=folder))
+    except OSError as error:
+        raise ConfigError(f"{key}={folder}: the output folder cannot be written ({error.strerror}); set {key} to a "
+                          "folder you can write to") from None
+    finally:
+        remove_folders(created)
+
+
 # The folders Hydra creates for this command's run (RunFolder), while they hold nothing worth keeping: until the run's
 # MLflow run opens (keep_run_folder)
 new_run_folders: list[Path] = []
@@ -169,7 +185,10 @@ class RunFolder(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         HydraConfig.instance().set_config(config)  # for a `hydra:` value in the folder's name, as when Hydra makes it
-        new_run_folders[:] = missing_folders(Path(config.hydra.run.dir))
+        folder = Path(config.hydra.run.dir)
+        new_run_folders[:] = missing_folders(folder)
+        with reported_as_one_line():  # raised, an error would be Hydra's warning, and its mkdir's traceback follow
+            check_writable(folder, "hydra.run.dir")
 
 
 def keep_run_folder() -> None:

@@ -31,8 +31,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from experiments import cli, errors, store
-from experiments.cli import (check_objective, check_override_types, error_line, heavy_import, make_paths_absolute,
-                             missing_folders, remove_folders, start_folder)
+from experiments.cli import (check_objective, check_override_types, check_writable, error_line, heavy_import,
+                             make_paths_absolute, missing_folders, remove_folders, start_folder)
 from experiments.ranges import check_ranges
 
 PARENT_FILE = "mlflow_parent_run.json"
@@ -304,6 +304,7 @@ class ParentRun(Callback):
             check_objective(config)
             store.check_experiment_name(config.tracking.experiment_name)
             check_accelerator(config)
+            check_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
         except errors.ConfigError as error:
             stop_with_one_line("the sweep cannot start", error)
         try:
