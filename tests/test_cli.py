@@ -287,6 +287,12 @@ def test_a_run_too_short_for_one_cycle_trains_with_a_constant_rate(tmp_path):
     ("model.hidden_sizes=[0]", "model.hidden_sizes=[0] is out of range: expected each item to be an integer ≥ 1"),
     ("data.val_fraction=1.5", "data.val_fraction=1.5 is out of range: expected a number in [0, 1)"),
     ("+scheduler.div_factor=0", "scheduler.div_factor=0 is out of range: expected a number > 0"),
+    # a TypeError traceback at the first epoch's end, the run FAILED
+    ("trainer.callbacks.stop_on_divergence.divergence_threshold=abc",
+     "trainer.callbacks.stop_on_divergence.divergence_threshold=abc is out of range: expected a number, or null (no "
+     "threshold)"),
+    ("trainer.callbacks.last_checkpoint.interval=-1",  # -1, no checkpoint? one at every epoch's end
+     "trainer.callbacks.last_checkpoint.interval=-1 is out of range: expected a number ≥ 0"),
 ])
 def test_a_value_out_of_range_is_one_line_before_anything_runs(tmp_path, override, expected):
     result = cli("-m", "experiments", override, *QUIET, cwd=tmp_path)

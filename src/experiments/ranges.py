@@ -55,6 +55,10 @@ RANGES = {
     "trainer.log_every_n_steps": COUNT,
     "trainer.num_nodes": COUNT,
     "trainer.num_sanity_val_steps": Range(0, integer=True, also={-1: "all"}),
+    # null by default, so a text given is not checked against a number (cli.check_override_types): a TypeError
+    # traceback at the first epoch's end, the run FAILED
+    "trainer.callbacks.stop_on_divergence.divergence_threshold": Range(also={None: "no threshold"}),
+    "trainer.callbacks.last_checkpoint.interval": Range(0),  # seconds; 0: at every epoch's end
     "optimizer.lr": POSITIVE,
     "optimizer.weight_decay": Range(0),
     "optimizer.momentum": Range(0, 1, high_open=True),
