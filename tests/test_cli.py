@@ -107,6 +107,20 @@ def test_wrong_value_type_is_one_line():
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("override, keys", [
+    ("trainer.callbacks=abc", "stop_on_divergence, last_checkpoint, random_states"),  # an AttributeError traceback
+    ("objective=val/accuracy", "metric, direction"),  # the same, for objective.metric=val/accuracy
+])
+def test_a_text_for_a_config_is_one_line_naming_its_keys(tmp_path, override, keys):
+    result = cli("-m", "experiments", "data=xor", override, cwd=tmp_path)
+    assert result.returncode == 2
+    key, _, value = override.partition("=")
+    assert result.stderr.strip().splitlines() == [
+        f"error: {override}: expected a config like the default, got the text '{value}'; set its keys one by one "
+        f"({key}.<key>=...: {keys})"], result.stderr
+    assert list(tmp_path.iterdir()) == [], "nothing ran: no MLflow store, no output folder"
+
+
 def test_unknown_key_is_one_line():
     result = cli("-m", "experiments", "optimizer.lrr=0.1")
     assert result.returncode == 2

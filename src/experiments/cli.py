@@ -52,12 +52,16 @@ def check_override_types(config: DictConfig) -> None:
     groups += [override for override in hydra_config.overrides.hydra if override.startswith("hydra.searchpath=")]
     defaults = hydra.compose(hydra_config.job.config_name, overrides=groups)
     for override in texts:
-        default = OmegaConf.select(defaults, override.key_or_group, default=None, throw_on_missing=False)
+        key, value = override.key_or_group, override.value()
+        default = OmegaConf.select(defaults, key, default=None, throw_on_missing=False)
         if isinstance(default, (bool, int, float)):
-            raise ConfigError(
-                f"{override.key_or_group}={override.value()}: expected {type(default).__name__} "
-                f"like the default {default!r}, got the text {override.value()!r}"
-            )
+            raise ConfigError(f"{key}={value}: expected {type(default).__name__} like the default {default!r}, got the "
+                              f"text {value!r}")
+        # a text for a config (trainer.callbacks=abc): an AttributeError's traceback where the run reads its keys
+        if isinstance(default, DictConfig) and "${" not in value:
+            keys = ", ".join(name for name in default if not name.startswith("_"))
+            raise ConfigError(f"{key}={value}: expected a config like the default, got the text {value!r}; set its "
+                              f"keys one by one ({key}.<key>=...: {keys})")
 
 
 STAGES = ("train", "val", "test")  # task.STAGES, which this module cannot import: task.py imports torch
