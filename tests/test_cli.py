@@ -299,6 +299,8 @@ def test_a_run_too_short_for_one_cycle_trains_with_a_constant_rate(tmp_path):
     ("optimizer.lr=-1", "optimizer.lr=-1 is out of range: expected a number > 0"),
     ("data.batch_size=0", "data.batch_size=0 is out of range: expected an integer ≥ 1"),
     ("model.hidden_sizes=[0]", "model.hidden_sizes=[0] is out of range: expected each item to be an integer ≥ 1"),
+    ("model.hidden_sizes=3",  # Hydra's line for the model's TypeError: object of type 'int' has no len()
+     "model.hidden_sizes=3 is out of range: expected a list, each item an integer ≥ 1"),
     ("data.val_fraction=1.5", "data.val_fraction=1.5 is out of range: expected a number in [0, 1)"),
     ("+scheduler.div_factor=0", "scheduler.div_factor=0 is out of range: expected a number > 0"),
     # a TypeError traceback at the first epoch's end, the run FAILED
@@ -422,6 +424,8 @@ def test_optimizer_options_torch_refuses_are_one_line_before_a_run_opens(tmp_pat
     (["model.init=foo"], "model.init=foo is not an initialisation; choose one of default, zeros, normal"),
     (["model.activation=foo"], "model.activation=foo is not an activation; choose one of relu, tanh, sigmoid, softmax"),
     (["data.targets=foo"], "data.targets=foo is not a target encoding; choose one of index, onehot, sign, binary"),
+    (["data=mnist", "data.index_range=[5,3]"],  # said "data.val_size=0.08333 leaves no training images out of 0"
+     "data.index_range=[5, 3]: expected [start, stop] with start below stop, the training images start to stop - 1"),
     (["data=xor", "data.val_fraction=0.9"],  # no training points: a RuntimeError traceback
      "data.val_fraction=0.9 of 4 points leaves none to train on; lower it (0 validates on the training points)"),
     (["+trainer.max_epoch=1"], "trainer.max_epoch is not an option of lightning.Trainer; did you mean "
@@ -450,7 +454,7 @@ def test_optimizer_options_torch_refuses_are_one_line_before_a_run_opens(tmp_pat
      "metrics.mse.foo is not an option of torchmetrics.MeanSquaredError; remove it, or use one of its options: "
      "squared, num_outputs, compute_on_cpu, dist_sync_on_step, process_group, dist_sync_fn, distributed_available_fn, "
      "sync_on_compute, compute_with_cache"),
-], ids=["two-inputs", "init", "activation", "targets", "no-training-points", "trainer-typo", "model-option", "model-typo", "loss-typo",
+], ids=["two-inputs", "init", "activation", "targets", "index-range", "no-training-points", "trainer-typo", "model-option", "model-typo", "loss-typo",
         "loss-function", "optimizer-typo", "data-option", "metric-typo", "torchmetrics-typo", "torchmetrics-option"])
 def test_a_value_a_model_data_or_trainer_refuses_is_refused_naming_the_option_before_a_run_opens(tmp_path, overrides,
                                                                                                    expected):

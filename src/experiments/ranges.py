@@ -93,12 +93,18 @@ RANGES = {
 }
 
 
+# the options that are lists (or null where their range allows it): a number there was a TypeError in the build
+LISTS = ("model.hidden_sizes", "data.index_range")
+
+
 def check_ranges(config: DictConfig) -> None:
     """Raise ConfigError naming the first option of `config` whose value is out of its range."""
     for key, valid in RANGES.items():
         value = OmegaConf.select(config, key, default=KeyError, throw_on_missing=False)
         if value is KeyError:
             continue
+        if key in LISTS and not isinstance(value, ListConfig) and value is not None:
+            raise ConfigError(f"{key}={value} is out of range: expected a list, each item {valid}")
         if isinstance(value, ListConfig):
             if not all(item in valid for item in value):
                 raise ConfigError(f"{key}={OmegaConf.to_container(value)} is out of range: expected each item "

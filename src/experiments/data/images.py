@@ -63,6 +63,10 @@ def _corrupt_file_error(raw: Path, dataset_class, train: bool) -> ConfigError:
 
 def _subset(split: Split, limit: int | None, index_range: list[int] | None) -> Split:
     if index_range is not None:
+        # reversed, it said "data.val_size=... leaves no training images out of 0"; of one item, Hydra's ValueError
+        if len(index_range) != 2 or index_range[0] >= index_range[1]:
+            raise ConfigError(f"data.index_range={list(index_range)}: expected [start, stop] with start below stop, "
+                              "the training images start to stop - 1")
         start, stop = index_range
         split = Split(split.inputs[start:stop], split.targets[start:stop])
     return split.head(limit) if limit is not None else split
