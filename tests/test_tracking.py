@@ -80,6 +80,22 @@ def test_a_folder_for_a_store_is_one_line_before_anything_trains(isolated, given
     assert not (isolated / "mlruns").exists()
 
 
+@pytest.mark.parametrize("uri, expected", [
+    ("localhost:5000", "tracking.tracking_uri=localhost:5000 is a tracking server's address without its scheme; use "
+                       "http://localhost:5000 (or https://)"),
+    ("sqlite://mlflow.db", "tracking.tracking_uri=sqlite://mlflow.db: a SQLite store is sqlite:/// and its file's "
+                           "path (sqlite:///mlflow.db, from the folder the command starts in, or "
+                           "sqlite:////<absolute path>)"),
+], ids=["no-scheme", "two-slashes"])
+def test_a_store_address_mistyped_is_one_line_before_anything_runs(isolated, uri, expected):
+    # MLflow's or SQLAlchemy's traceback once the run was built, leaving its output folder
+    result = cli("-m", "experiments", "data=xor", "trainer.max_epochs=1", f"tracking.tracking_uri={uri}", *QUIET)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {expected}, in tracking.tracking_uri or MLFLOW_TRACKING_URI"], result.stderr
+    assert list(isolated.iterdir()) == [], "nothing ran: no MLflow store, no output folder"
+
+
 @pytest.mark.parametrize("name, expected", [
     ("", "the MLflow experiment needs a name; give one, or leave it out for the default (experiments)"),
     ("null", "the MLflow experiment needs a name; give one, or leave it out for the default (experiments)"),

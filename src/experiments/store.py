@@ -4,6 +4,7 @@ Only the standard library is imported here; MLflow loads when a store is first o
 """
 import fcntl
 import os
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -73,8 +74,16 @@ def unreachable(tracking_uri: str, timeout: float = SERVER_TIMEOUT_SECONDS) -> O
 def check_usable(tracking_uri: str) -> None:
     """A store MLflow refuses, or a server that does not answer, is one line, before anything trains. MLflow 3 refuses
     a folder (its file store, `./mlruns` or `file://...`) with a paragraph from deep inside its client, unless
-    MLFLOW_ALLOW_FILE_STORE is set."""
+    MLFLOW_ALLOW_FILE_STORE is set. A server's address without http:// (localhost:5000) and a SQLite store with two
+    slashes (sqlite://mlflow.db) were tracebacks of MLflow's and SQLAlchemy's, once the run was built."""
+    if re.fullmatch(r"[\w.-]+:\d+/?", tracking_uri):
+        raise ConfigError(f"tracking.tracking_uri={tracking_uri} is a tracking server's address without its scheme; "
+                          f"use http://{tracking_uri} (or https://), in tracking.tracking_uri or MLFLOW_TRACKING_URI")
     scheme = urllib.parse.urlparse(tracking_uri).scheme
+    if scheme == "sqlite" and sqlite_path(tracking_uri) is None:
+        raise ConfigError(f"tracking.tracking_uri={tracking_uri}: a SQLite store is sqlite:/// and its file's path "
+                          "(sqlite:///mlflow.db, from the folder the command starts in, or sqlite:////<absolute path>), "
+                          "in tracking.tracking_uri or MLFLOW_TRACKING_URI")
     if scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
         raise ConfigError(f"tracking.tracking_uri={tracking_uri} is a folder, MLflow's file store, which MLflow 3 "
                           "no longer opens; use a SQLite file (sqlite:///<folder>/mlflow.db, the default) or a "
