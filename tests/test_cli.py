@@ -378,13 +378,17 @@ def test_an_accelerator_lightning_cannot_use_is_one_line_naming_the_ones_it_can(
     assert list(tmp_path.iterdir()) == [], "nothing ran: no MLflow store, no output folder"
 
 
-def test_another_trainer_option_lightning_refuses_is_one_line_in_its_words(tmp_path):
+@pytest.mark.parametrize("devices, words", [
+    ("0", "`Trainer(devices=0)` value is not a valid input using cpu accelerator"),
+    # a TypeError of Lightning's: Hydra's "Error in call to target 'lightning.pytorch.trainer.trainer.Trainer'" line
+    ("null", "`devices` selected with `CPUAccelerator` should be an int > 0"),
+])
+def test_another_trainer_option_lightning_refuses_is_one_line_in_its_words(tmp_path, devices, words):
     result = cli("-m", "experiments", "data=xor", "trainer.max_epochs=1", "trainer.accelerator=cpu",
-                 "trainer.devices=0", *QUIET, cwd=tmp_path)
+                 f"trainer.devices={devices}", *QUIET, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: Lightning's Trainer refuses the trainer options: `Trainer(devices=0)` value is not a valid input "
-        "using cpu accelerator; change the one it names"], result.stderr
+        f"error: Lightning's Trainer refuses the trainer options: {words}; change the one it names"], result.stderr
     assert list(tmp_path.iterdir()) == [], "nothing ran: no MLflow store, no output folder"
 
 

@@ -332,7 +332,8 @@ def build_trainer(options: DictConfig, progress: ProgressBar | None) -> L.Traine
     except InstantiationException as error:
         problem = (accelerator_problem(options.get("accelerator"))
                    or unknown_option_problem("trainer", options["_target_"], options, error))
-        if problem is None and isinstance(error.__cause__, MisconfigurationException):  # any other option it refuses
+        # any other option it refuses: in its exception, or a TypeError or ValueError (trainer.devices=null)
+        if problem is None and isinstance(error.__cause__, (MisconfigurationException, TypeError, ValueError)):
             problem = (f"Lightning's Trainer refuses the trainer options: {str(error.__cause__).rstrip('.')}; "
                        "change the one it names")
         if problem is None:
