@@ -287,7 +287,8 @@ def build(config: DictConfig) -> tuple[Task, L.LightningDataModule]:
     with options_checked("loss", config.loss._target_, config.loss):
         loss = instantiate(config.loss)
     metrics = build_metrics(config.metrics, loss)
-    scheduler = instantiate(config.scheduler) if config.scheduler else None
+    # none for scheduler=constant, whose config is empty, and for ~scheduler, which leaves the group out
+    scheduler = instantiate(config.scheduler) if config.get("scheduler") else None
     task = Task(model, loss, metrics, instantiate(config.optimizer), scheduler)
     check_optimizer(task)
     check_one_batch(task, datamodule)
