@@ -403,8 +403,12 @@ def test_another_trainer_option_lightning_refuses_is_one_line_in_its_words(tmp_p
      "trainer.accumulate_grad_batches=2 does not apply: the task optimizes manually (each Lightning step takes a whole "
      "epoch's batches), and Lightning accumulates gradients only in automatic optimization; remove it, and for steps "
      "of as many samples multiply data.batch_size by 2"),
-], ids=["gradient_clip_val", "accumulate_grad_batches"])
-def test_a_trainer_option_of_automatic_optimization_only_is_one_line_before_a_run_opens(tmp_path, override, expected):
+    # Lightning converts the batches it is handed, the task takes an epoch's: a dtype RuntimeError at the first step
+    ("+trainer.precision=64",
+     "trainer.precision=64-true does not apply: it converts the model's weights but not the task's batches, which stay "
+     "float32; use 32-true (the default), or bf16-mixed for lower precision"),
+], ids=["gradient_clip_val", "accumulate_grad_batches", "precision"])
+def test_a_trainer_option_the_task_does_not_follow_is_one_line_before_a_run_opens(tmp_path, override, expected):
     result = cli("-m", "experiments", "data=xor", "trainer.max_epochs=1", override, *QUIET, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {expected}"], result.stderr

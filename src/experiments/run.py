@@ -25,6 +25,7 @@ from hydra.types import RunMode
 from hydra.utils import get_object, instantiate
 from lightning.pytorch.accelerators import AcceleratorRegistry, CPUAccelerator
 from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.plugins.precision import DoublePrecision, HalfPrecision
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
@@ -341,7 +342,18 @@ def build_trainer(options: DictConfig, progress: ProgressBar | None) -> L.Traine
             raise
         raise ConfigError(problem) from error
     check_manual_optimization(trainer)
+    check_precision(trainer)
     return trainer
+
+
+def check_precision(trainer: L.Trainer) -> None:
+    """Refuse a precision that converts the model's weights (trainer.precision=64, 16-true, bf16-true): the task's
+    batches stay float32, as Lightning converts the batches it is handed and the task takes an epoch's at a time, so
+    the run failed at its first step in a RuntimeError's traceback (mat1 and mat2 must have the same dtype)."""
+    if isinstance(trainer.precision_plugin, (DoublePrecision, HalfPrecision)):
+        raise ConfigError(f"trainer.precision={trainer.precision} does not apply: it converts the model's weights but "
+                          "not the task's batches, which stay float32; use 32-true (the default), or bf16-mixed for "
+                          "lower precision")
 
 
 def check_manual_optimization(trainer: L.Trainer) -> None:
