@@ -328,20 +328,26 @@ def test_rejected_input_leaves_a_folder_that_was_there_before(tmp_path):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("args, line", [
-    (["hydra.run.dir=taken/run"], "hydra.run.dir=taken/run"),  # Hydra's NotADirectoryError traceback
-    (["-m", "seed=0,1", "hydra.sweep.dir=taken/sweep"],  # the same error's line, exit status 1, once the store was made
-     "the sweep cannot start: hydra.sweep.dir=taken/sweep"),
-], ids=["run", "sweep"])
-def test_an_output_folder_that_cannot_be_written_is_one_line_before_anything_runs(tmp_path, args, line):
+NOT_WRITABLE = "{}={}: the folder cannot be written (Not a directory); set {} to a folder you can write to"
+
+
+@pytest.mark.parametrize("args, expected", [
+    # Hydra's NotADirectoryError traceback
+    (["hydra.run.dir=taken/run"], NOT_WRITABLE.format("hydra.run.dir", "taken/run", "hydra.run.dir")),
+    # the same error's line, exit status 1, once the store was created
+    (["-m", "seed=0,1", "hydra.sweep.dir=taken/sweep"],
+     "the sweep cannot start: " + NOT_WRITABLE.format("hydra.sweep.dir", "taken/sweep", "hydra.sweep.dir")),
+    # its traceback at the first checkpoint, the run FAILED
+    (["trainer.callbacks.last_checkpoint.dirpath=taken/checkpoints", "trainer.callbacks.last_checkpoint.interval=0"],
+     NOT_WRITABLE.format("trainer.callbacks.last_checkpoint.dirpath", "{tmp_path}/taken/checkpoints",
+                         "trainer.callbacks.last_checkpoint.dirpath")),
+], ids=["run", "sweep", "checkpoints"])
+def test_a_folder_that_cannot_be_written_is_one_line_before_anything_runs(tmp_path, args, expected):
     (tmp_path / "taken").write_text("a file where the folder would be")
     result = cli("-m", "experiments", *args, "data=xor", "trainer.max_epochs=1", *QUIET, cwd=tmp_path)
     assert result.returncode == 2
-    key = args[-1].partition("=")[0]
-    assert result.stderr.strip().splitlines() == [
-        f"error: {line}: the output folder cannot be written (Not a directory); set {key} to a folder you can "
-        "write to"], result.stderr
-    assert [path.name for path in tmp_path.iterdir()] == ["taken"], "nothing ran: no MLflow store"
+    assert result.stderr.strip().splitlines() == [f"error: {expected.format(tmp_path=tmp_path)}"], result.stderr
+    assert [path.name for path in tmp_path.iterdir()] == ["taken"], "nothing ran: no MLflow store, no output folder"
 
 
 def test_an_unknown_flag_or_flags_hydra_refuses_together_are_one_line_naming_the_command():

@@ -162,16 +162,17 @@ def remove_folders(folders: list[Path]) -> None:
 
 
 def check_writable(folder: Path, key: str) -> None:
-    """Refuse an output folder (`key`: hydra.run.dir, hydra.sweep.dir) this command cannot create or write in, before
-    anything is written: Hydra's own attempt was an OSError's traceback, a sweep's once its parent run had opened.
-    Tried by creating it and a folder in it (Hydra writes .hydra/ there), then removing what this created."""
+    """Refuse a folder (`key`: hydra.run.dir, hydra.sweep.dir, a checkpoint folder) this command cannot create or write
+    in, before anything is written: Hydra's own attempt was an OSError's traceback, a sweep's once its parent run had
+    opened, a checkpoint's at the run's first save. Tried by creating it and a folder in it (Hydra writes .hydra/
+    there), then removing what this created."""
     created = missing_folders(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         os.rmdir(tempfile.mkdtemp(dir=folder))
     except OSError as error:
-        raise ConfigError(f"{key}={folder}: the output folder cannot be written ({error.strerror}); set {key} to a "
-                          "folder you can write to") from None
+        raise ConfigError(f"{key}={folder}: the folder cannot be written ({error.strerror}); set {key} to a folder "
+                          "you can write to") from None
     finally:
         remove_folders(created)
 

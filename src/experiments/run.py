@@ -33,7 +33,7 @@ from torchmetrics import Metric
 
 from experiments import checkpoint, models, plots, resume, store, sweep, tracking
 from experiments.callbacks import LastCheckpoint
-from experiments.cli import heavy_import, make_paths_absolute
+from experiments.cli import check_writable, heavy_import, make_paths_absolute
 from experiments.compiled import CompiledFit
 from experiments.errors import ConfigError
 from experiments.metrics import class_threshold, configured_metric
@@ -507,6 +507,9 @@ def run(config: DictConfig) -> Result:
         os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     checkpoint_dir = resumed.checkpoint.parent if resumed else Path(output_dir() or tempfile.mkdtemp()) / "checkpoints"
     for callback in trainer.checkpoint_callbacks:
+        # a user's folder: one that cannot be written failed the run at its first save, in a traceback
+        if isinstance(callback, LastCheckpoint) and callback.dirpath:
+            check_writable(Path(callback.dirpath), "trainer.callbacks.last_checkpoint.dirpath")
         callback.dirpath = callback.dirpath or str(checkpoint_dir)
         if isinstance(callback, LastCheckpoint):  # the training state's folder, a user's dirpath included: resume reads it
             checkpoint_dir = Path(callback.dirpath)
