@@ -439,6 +439,9 @@ def test_optimizer_options_torch_refuses_are_one_line_before_a_run_opens(tmp_pat
      "inputs, such as model=halves_layers"),
     (["model.init=foo"], "model.init=foo is not an initialisation; choose one of default, zeros, normal"),
     (["model.activation=foo"], "model.activation=foo is not an activation; choose one of relu, tanh, sigmoid, softmax"),
+    (["model=linear", "model.hidden_sizes=[3]"],  # said what, not how to fix it
+     "model.activation lists 0 activations for 1 hidden layers; give one for them all (model.activation=relu) or a "
+     "list of one per layer"),
     (["data.targets=foo"], "data.targets=foo is not a target encoding; choose one of index, onehot, sign, binary"),
     (["data=mnist", "data.index_range=[5,3]"],  # said "data.val_size=0.08333 leaves no training images out of 0"
      "data.index_range=[5, 3]: expected [start, stop] with start below stop, the training images start to stop - 1"),
@@ -470,7 +473,7 @@ def test_optimizer_options_torch_refuses_are_one_line_before_a_run_opens(tmp_pat
      "metrics.mse.foo is not an option of torchmetrics.MeanSquaredError; remove it, or use one of its options: "
      "squared, num_outputs, compute_on_cpu, dist_sync_on_step, process_group, dist_sync_fn, distributed_available_fn, "
      "sync_on_compute, compute_with_cache"),
-], ids=["two-inputs", "init", "activation", "targets", "index-range", "no-training-points", "trainer-typo", "model-option", "model-typo", "loss-typo",
+], ids=["two-inputs", "init", "activation", "activations", "targets", "index-range", "no-training-points", "trainer-typo", "model-option", "model-typo", "loss-typo",
         "loss-function", "optimizer-typo", "data-option", "metric-typo", "torchmetrics-typo", "torchmetrics-option"])
 def test_a_value_a_model_data_or_trainer_refuses_is_refused_naming_the_option_before_a_run_opens(tmp_path, overrides,
                                                                                                    expected):

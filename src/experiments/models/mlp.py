@@ -37,9 +37,8 @@ class MLP(nn.Sequential):
     ):
         activations = [activation] * len(hidden_sizes) if isinstance(activation, str) else list(activation)
         if len(activations) != len(hidden_sizes):
-            raise ConfigError(
-                f"model.activation lists {len(activations)} activations for {len(hidden_sizes)} hidden layers"
-            )
+            raise ConfigError(f"model.activation lists {len(activations)} activations for {len(hidden_sizes)} hidden "
+                              "layers; give one for them all (model.activation=relu) or a list of one per layer")
         if init not in INITS:
             raise ConfigError(f"model.init={init} is not an initialisation; choose one of {', '.join(INITS)}")
         sizes = [math.prod(input_shape), *hidden_sizes]
