@@ -7,6 +7,7 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
 from conftest import QUIET, cli, refusal
+from experiments import report
 from experiments.api import predict, run_experiment
 from experiments.models.cnn import LeNet
 from experiments.models.layers import Layers
@@ -57,7 +58,9 @@ def test_every_layer_kind_and_function_infers_its_input_size():
     assert model(torch.rand(2, 1, 8, 8), torch.randint(0, 10, (2, 5)).float()).shape == (2, 3)
 
 
-def test_summary_of_every_layer_is_printed_and_logged_at_the_start_of_a_run(capsys, store):
+def test_summary_of_every_layer_is_printed_and_logged_at_the_start_of_a_run(capsys, store, monkeypatch):
+    # a process prints an architecture's summary once (a sweep's first job): this worker's earlier tests may have
+    monkeypatch.setattr(report, "_printed", set())
     result = run_experiment(["data=xor", "model=layers", "trainer.max_epochs=1", *QUIET])
     printed = capsys.readouterr().out
     logged = open(store.download_artifacts(result.run_id, "model_summary.txt")).read()
