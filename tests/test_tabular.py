@@ -294,6 +294,15 @@ def test_bad_csv_input_is_one_line_and_leaves_no_run_running(tmp_path):
     assert runs_left_running(tmp_path) == []
 
 
+def test_a_csv_file_named_by_a_number_is_read(isolated, store):
+    """data.path=2024: Hydra reads the value as a number; it names the file (a TypeError's traceback before)."""
+    pd.DataFrame({"size": [50.0, 70.0, 90.0, 60.0, 80.0] * 4, "price": [1.0, 2.0, 3.0, 1.5, 2.5] * 4}).to_csv(
+        isolated / "2024", index=False)
+    result = run_experiment(["data=csv", "data.path=2024", "data.target=price", "trainer.max_epochs=1", *QUIET])
+    assert store.get_run(result.run_id).data.params["data.path"] == str(isolated / "2024")
+    assert np.isfinite(result.metrics["val/loss"])
+
+
 def test_missing_file_with_a_failing_download_is_one_line(tmp_path, server):
     result = cli("-m", "experiments", "data=ames", f"paths.data_dir={tmp_path / 'empty'}",
                  f"data.url={server}/nowhere.csv", *QUIET, cwd=tmp_path)

@@ -138,8 +138,8 @@ def make_paths_absolute(config: DictConfig, keys: Iterable[str] = DATA_PATHS) ->
     from any folder."""
     for key in keys:
         path = OmegaConf.select(config, key)
-        if path is not None and not Path(path).is_absolute():
-            OmegaConf.update(config, key, str(start_folder() / path))
+        if path is not None and not Path(str(path)).is_absolute():  # str: a file named by a number (data.path=2024),
+            OmegaConf.update(config, key, str(start_folder() / str(path)))  # which Hydra reads as one
     if (path := store.sqlite_path(config.tracking.tracking_uri)) is not None and not path.is_absolute():
         config.tracking.tracking_uri = f"sqlite:///{start_folder() / path}"
 
