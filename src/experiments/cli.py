@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from experiments import store
-from experiments.errors import ConfigError, Stopped, stop_on_signals
+from experiments.errors import ConfigError, Stopped, stop_on_signals, typed
 
 
 def check_override_types(config: DictConfig) -> None:
@@ -74,18 +74,17 @@ def check_objective(config: DictConfig) -> None:
     or a metric that is no text was an AttributeError's traceback."""
     objective = config.objective
     if not isinstance(objective, DictConfig):
-        raise ConfigError(f"objective={'null' if objective is None else objective}: the objective is a config of the "
-                          "metric a sweep ranks its jobs by and its direction; set them with objective.metric="
-                          "<stage>/<name> and objective.direction=minimize or maximize")
+        raise ConfigError(f"objective={typed(objective)}: the objective is a config of the metric a sweep ranks its "
+                          "jobs by and its direction; set them with objective.metric=<stage>/<name> and "
+                          "objective.direction=minimize or maximize")
     metric, direction = objective.metric, objective.direction
     if direction not in ("minimize", "maximize"):
-        raise ConfigError(f"objective.direction={'null' if direction is None else direction}: expected minimize or "
-                          "maximize")
+        raise ConfigError(f"objective.direction={typed(direction)}: expected minimize or maximize")
     stage, _, name = metric.partition("/") if isinstance(metric, str) else (None, None, None)
     names = ["loss", *(key for key, value in config.metrics.items() if value is not None)]
     if stage not in (*STAGES, "time", "model", "closed_form") or (stage in STAGES and name not in names):
-        raise ConfigError(f"objective.metric={'null' if metric is None else metric} is not recorded by these runs: expected <stage>/<name> with "
-                          f"the stage {', '.join(STAGES)} and the name {', '.join(names)} (the loss or a key of "
+        raise ConfigError(f"objective.metric={typed(metric)} is not recorded by these runs: expected <stage>/<name> "
+                          f"with the stage {', '.join(STAGES)} and the name {', '.join(names)} (the loss or a key of "
                           f"metrics), or one of the run's time/ or model/ values")
 
 

@@ -13,6 +13,11 @@ from contextlib import contextmanager, suppress
 from typing import NoReturn
 
 
+def typed(value) -> str:
+    """A config value in an error line as a user types it on the command line: null for None."""
+    return "null" if value is None else str(value)
+
+
 class ConfigError(Exception):
     """The config or the data given cannot work; the message says what is wrong and how to fix it."""
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from experiments.errors import ConfigError
+from experiments.errors import ConfigError, typed
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class Range:
             text = f"{kind} {'>' if self.low_open else '≥'} {self.low}"
         else:
             text = kind
-        allowed = ", ".join(f"{'null' if value is None else value} ({meaning})" for value, meaning in self.also.items())
+        allowed = ", ".join(f"{typed(value)} ({meaning})" for value, meaning in self.also.items())
         return f"{text}, or {allowed}" if allowed else text
 
 
@@ -110,4 +110,4 @@ def check_ranges(config: DictConfig) -> None:
                 raise ConfigError(f"{key}={OmegaConf.to_container(value)} is out of range: expected each item "
                                   f"to be {valid}")
         elif value not in valid:
-            raise ConfigError(f"{key}={'null' if value is None else value} is out of range: expected {valid}")
+            raise ConfigError(f"{key}={typed(value)} is out of range: expected {valid}")

@@ -13,7 +13,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from experiments import errors
-from experiments.errors import ConfigError, stops_held_back
+from experiments.errors import ConfigError, stops_held_back, typed
 
 SERVER_TIMEOUT_SECONDS = 5  # MLflow's own client retries an unreachable server for minutes
 
@@ -96,8 +96,8 @@ def check_experiment_name(name) -> None:
     """An experiment name MLflow refuses (empty, null, a number) is one line before the store is opened: MLflow's
     traceback came once the run was built, after it had created the store."""
     if name is None or name == "":
-        raise ConfigError(f"tracking.experiment_name={'null' if name is None else ''}: the MLflow experiment needs a "
-                          "name; give one, or leave it out for the default (experiments)")
+        raise ConfigError(f"tracking.experiment_name={typed(name)}: the MLflow experiment needs a name; give one, or "
+                          "leave it out for the default (experiments)")
     if not isinstance(name, str):
         raise ConfigError(f"tracking.experiment_name={name}: the MLflow experiment's name is text; quote it "
                           f"(tracking.experiment_name='{name}')")
