@@ -99,6 +99,24 @@ def test_a_config_group_set_to_null_is_one_line_naming_its_options(tmp_path, arg
     assert list(tmp_path.iterdir()) == [], "nothing ran: no MLflow store, no output folder"
 
 
+# Hydra's "Key 'model' is not in struct" where a run reads the group (~optimizer: an interpolation's error)
+@pytest.mark.parametrize("args, options", [
+    (["~model"], "cnn, halves_layers, layers, lenet, lenet_layers, linear, mean_baseline, mlp, resnet18"),
+    (["~data"], "ames, circle, csv, diagonal, fashion_mnist, house_prices, mnist, mnist_3v7, mnist_csv, mnist_halves, "
+                "xor"),
+    (["~metrics"], "accuracy, binary_accuracy, mse, regression"),
+    (["-m", "seed=1,2", "~tracking"], "local, server"),
+], ids=["model", "data", "metrics", "tracking-sweep"])
+def test_removing_a_config_group_a_run_needs_is_one_line_naming_its_options(tmp_path, args, options):
+    result = cli("-m", "experiments", *args, cwd=tmp_path)
+    assert result.returncode == 2
+    group = args[-1].removeprefix("~")
+    assert result.stderr.strip().splitlines() == [
+        f"error: ~{group}: a run needs this config group, which cannot be removed; leave the override out for the "
+        f"group's default, or choose one of the available {group} options: {options}"], result.stderr
+    assert list(tmp_path.iterdir()) == [], "nothing ran: no MLflow store, no output folder"
+
+
 def test_wrong_value_type_is_one_line():
     result = cli("-m", "experiments", "optimizer.lr=abc")
     assert result.returncode != 0
@@ -107,17 +125,27 @@ def test_wrong_value_type_is_one_line():
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("override, keys", [
-    ("trainer.callbacks=abc", "stop_on_divergence, last_checkpoint, random_states"),  # an AttributeError traceback
-    ("objective=val/accuracy", "metric, direction"),  # the same, for objective.metric=val/accuracy
-])
-def test_a_text_for_a_config_is_one_line_naming_its_keys(tmp_path, override, keys):
+CALLBACKS = ("set its keys one by one (trainer.callbacks.<key>=...: stop_on_divergence, last_checkpoint, "
+             "random_states); trainer.callbacks.<key>=null turns one off, trainer.callbacks=null all of them")
+
+
+@pytest.mark.parametrize("override, expected", [
+    # an AttributeError traceback
+    ("trainer.callbacks=abc", f"expected a config like the default, got the text 'abc'; {CALLBACKS}"),
+    # the same, for objective.metric=val/accuracy
+    ("objective=val/accuracy", "expected a config like the default, got the text 'val/accuracy'; set its keys one by "
+                               "one (objective.<key>=...: metric, direction)"),
+    # Hydra's "Cannot merge DictConfig with ListConfig", for no callbacks
+    ("trainer.callbacks=[]", f"expected a config like the default, got a list; {CALLBACKS}"),
+    # Hydra's "Cannot instantiate config of type bool"
+    ("progress=true", "the progress reports are on by default, a config of their own; leave the override out for them "
+                      "(progress.interval=<seconds> between lines where no terminal shows the bar), or turn them off "
+                      "with progress=false"),
+], ids=["text", "objective", "list", "true"])
+def test_a_value_for_a_config_is_one_line_saying_how_to_set_it(tmp_path, override, expected):
     result = cli("-m", "experiments", "data=xor", override, cwd=tmp_path)
     assert result.returncode == 2
-    key, _, value = override.partition("=")
-    assert result.stderr.strip().splitlines() == [
-        f"error: {override}: expected a config like the default, got the text '{value}'; set its keys one by one "
-        f"({key}.<key>=...: {keys})"], result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: {override}: {expected}"], result.stderr
     assert list(tmp_path.iterdir()) == [], "nothing ran: no MLflow store, no output folder"
 
 
@@ -311,6 +339,11 @@ def test_a_run_too_short_for_one_cycle_trains_with_a_constant_rate(tmp_path, no_
      "threshold)"),
     ("trainer.callbacks.last_checkpoint.interval=-1",  # -1, no checkpoint? one at every epoch's end
      "trainer.callbacks.last_checkpoint.interval=-1 is out of range: expected a number ≥ 0"),
+    ("trainer.deterministic=maybe",  # taken for true, without torch's deterministic algorithms
+     "trainer.deterministic=maybe is out of range: expected one of true (deterministic algorithms only: an error "
+     "where an operation has none), warn (deterministic algorithms where there are, a warning where not), false "
+     "(torch's fastest algorithms), null (torch's setting as it is)"),
+    ("tracking.server_wait=-1", "tracking.server_wait=-1 is out of range: expected a number ≥ 0"),
 ])
 def test_a_value_out_of_range_is_one_line_before_anything_runs(tmp_path, override, expected):
     result = cli("-m", "experiments", override, *QUIET, cwd=tmp_path)
@@ -443,6 +476,16 @@ def test_optimizer_options_torch_refuses_are_one_line_before_a_run_opens(tmp_pat
      "model.activation lists 0 activations for 1 hidden layers; give one for them all (model.activation=relu) or a "
      "list of one per layer"),
     (["data.targets=foo"], "data.targets=foo is not a target encoding; choose one of index, onehot, sign, binary"),
+    (["data=xor", "data.targets=null"],  # said data.targets=None
+     "data.targets=null is not a target encoding; choose one of index, onehot, sign, binary"),
+    # the data's TypeError or ValueError in Hydra's words, naming no option
+    (["data=mnist", "paths.data_dir=null"],
+     "data.root=null: the images are read from (and downloaded to) a folder; leave paths.data_dir and data.root out "
+     "for EXPERIMENTS_DATA_DIR (else ./data), or set paths.data_dir to a folder"),
+    (["data=mnist_csv", "data.path=null"],
+     "data.path=null: the images are read from a CSV file; point data.path at an MNIST-style CSV"),
+    (["data=csv", "data.path=null", "data.target=price"],
+     "data.path=null: the data is read from a CSV file; point data.path at one"),
     (["data=mnist", "data.index_range=[5,3]"],  # said "data.val_size=0.08333 leaves no training images out of 0"
      "data.index_range=[5, 3]: expected [start, stop] with start below stop, the training images start to stop - 1"),
     (["data=xor", "data.val_fraction=0.9"],  # no training points: a RuntimeError traceback
@@ -473,7 +516,8 @@ def test_optimizer_options_torch_refuses_are_one_line_before_a_run_opens(tmp_pat
      "metrics.mse.foo is not an option of torchmetrics.MeanSquaredError; remove it, or use one of its options: "
      "squared, num_outputs, compute_on_cpu, dist_sync_on_step, process_group, dist_sync_fn, distributed_available_fn, "
      "sync_on_compute, compute_with_cache"),
-], ids=["two-inputs", "init", "activation", "activations", "targets", "index-range", "no-training-points", "trainer-typo", "model-option", "model-typo", "loss-typo",
+], ids=["two-inputs", "init", "activation", "activations", "targets", "targets-null", "data-dir-null",
+        "mnist-csv-path-null", "csv-path-null", "index-range", "no-training-points", "trainer-typo", "model-option", "model-typo", "loss-typo",
         "loss-function", "optimizer-typo", "data-option", "metric-typo", "torchmetrics-typo", "torchmetrics-option"])
 def test_a_value_a_model_data_or_trainer_refuses_is_refused_naming_the_option_before_a_run_opens(tmp_path, overrides,
                                                                                                    expected):

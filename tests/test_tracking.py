@@ -86,7 +86,12 @@ def test_a_folder_for_a_store_is_one_line_before_anything_trains(isolated, given
     ("sqlite://mlflow.db", "tracking.tracking_uri=sqlite://mlflow.db: a SQLite store is sqlite:/// and its file's "
                            "path (sqlite:///mlflow.db, from the folder the command starts in, or "
                            "sqlite:////<absolute path>)"),
-], ids=["no-scheme", "two-slashes"])
+    # called a folder, MLflow's file store
+    ("databricks", "tracking.tracking_uri=databricks is a Databricks workspace, which this project does not support "
+                   "(MLflow would need your Databricks credentials, and a workspace path as tracking.experiment_name); "
+                   "use a SQLite file (sqlite:///<folder>/mlflow.db, the default) or a tracking server "
+                   "(http://<host>:5000)"),
+], ids=["no-scheme", "two-slashes", "databricks"])
 def test_a_store_address_mistyped_is_one_line_before_anything_runs(isolated, uri, expected):
     # MLflow's or SQLAlchemy's traceback once the run was built, leaving its output folder
     result = cli("-m", "experiments", "data=xor", "trainer.max_epochs=1", f"tracking.tracking_uri={uri}", *QUIET)

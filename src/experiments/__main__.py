@@ -12,8 +12,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import errors, store, sweep
-from experiments.cli import (CONFIG_NAME, CONFIG_PATH, check_objective, check_override_types, heavy_import,
-                             log_warning, make_paths_absolute, objective_value, reported_as_one_line, run_app)
+from experiments.cli import (CONFIG_NAME, CONFIG_PATH, check_objective, check_override_types, check_progress,
+                             heavy_import, log_warning, make_paths_absolute, objective_value, reported_as_one_line,
+                             run_app)
 from experiments.errors import worker_stops_on_signals
 from experiments.ranges import check_ranges
 
@@ -27,6 +28,7 @@ def objective(config: DictConfig) -> float:
         check_override_types(config)
         check_ranges(config)
         check_objective(config)
+        check_progress(config)
         make_paths_absolute(config)  # before the store is opened: hydra.job.chdir=true runs this in the job's folder
         store.check_experiment_name(config.tracking.experiment_name)
         store.check_usable(config.tracking.tracking_uri)  # in seconds, before torch and the data load

@@ -24,11 +24,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.config_search_path import SearchPathQuery
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
 from hydra.experimental.callback import Callback
 from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import ConfigTypeError, MissingMandatoryValue, OmegaConfBaseException
 
 from experiments import store
 from experiments.errors import ConfigError, Stopped, stop_on_signals, typed
@@ -59,9 +59,17 @@ def check_override_types(config: DictConfig) -> None:
                               f"text {value!r}")
         # a text for a config (trainer.callbacks=abc): an AttributeError's traceback where the run reads its keys
         if isinstance(default, DictConfig) and "${" not in value:
-            keys = ", ".join(name for name in default if not name.startswith("_"))
-            raise ConfigError(f"{key}={value}: expected a config like the default, got the text {value!r}; set its "
-                              f"keys one by one ({key}.<key>=...: {keys})")
+            raise ConfigError(f"{key}={value}: expected a config like the default, got the text {value!r}; "
+                              f"{keys_one_by_one(key, default)}")
+
+
+def keys_one_by_one(key: str, default: DictConfig) -> str:
+    """How to set the config at `key`, whose default is `default`, where a value was given for the whole of it."""
+    keys = ", ".join(name for name in default if not name.startswith("_"))
+    how = f"set its keys one by one ({key}.<key>=...: {keys})"
+    if key == "trainer.callbacks":  # a dict by name, where null drops one (run.build_trainer)
+        how += "; trainer.callbacks.<key>=null turns one off, trainer.callbacks=null all of them"
+    return how
 
 
 STAGES = ("train", "val", "test")  # task.STAGES, which this module cannot import: task.py imports torch
@@ -88,6 +96,15 @@ def check_objective(config: DictConfig) -> None:
                           f"metrics), or one of the run's time/ or model/ values")
 
 
+def check_progress(config: DictConfig) -> None:
+    """Refuse progress=true, which Hydra took for a config to build ('Cannot instantiate config of type bool'): the
+    progress reports are on by default, and false or null turns them off (run.shows_progress)."""
+    if config.get("progress") is True:
+        raise ConfigError("progress=true: the progress reports are on by default, a config of their own; leave the "
+                          "override out for them (progress.interval=<seconds> between lines where no terminal shows "
+                          "the bar), or turn them off with progress=false")
+
+
 def objective_value(config: DictConfig, metrics: dict[str, float]) -> float:
     """The final value of the objective's metric: what the app returns for Hydra's sweepers to optimise."""
     if config.objective.metric not in metrics:
@@ -103,6 +120,12 @@ def one_line(error: Exception) -> str:
     if isinstance(error, MissingMandatoryValue) and error.full_key:  # a `???` in a config, e.g. data=csv's data.target
         return f"{error.full_key} has no value: set it on the command line ({error.full_key}=...)"
     cause = error.__cause__
+    # a list for a config (trainer.callbacks=[], for none): OmegaConf's "Cannot merge DictConfig with ListConfig"
+    if (isinstance(error, ConfigCompositionException) and isinstance(cause, ConfigTypeError)
+            and isinstance(cause.parent_node, DictConfig)):
+        override = str(error).removeprefix("Error merging override ")
+        return (f"{override}: expected a config like the default, got a list; "
+                f"{keys_one_by_one(cause.full_key, cause.parent_node)}")
     if isinstance(cause, ConfigError):  # raised while Hydra instantiated a config: ours is the message
         return str(cause)
     # OmegaConf's cause: its first line says what is wrong; the others are its internals (full_key, object_type)
@@ -331,25 +354,33 @@ def check_flags() -> argparse.Namespace:
     return flags
 
 
-def check_null_groups(flags: argparse.Namespace) -> None:
-    """Refuse a config group set to null on the command line (`scheduler=null`, or among a sweep's values), naming
-    its options as Hydra names them for an option it does not have: Hydra refuses it with a bare ValueError and its
-    traceback. The config groups are looked up (Hydra's config repository) only where an override is null."""
-    nulls = [override for override in OverridesParser.create().parse_overrides(flags.overrides)
-             if not override.is_delete() and "." not in override.key_or_group
-             and None in (override.value().list if isinstance(override.value(), ChoiceSweep) else [override.value()])]
-    if not nulls:
+# The config groups a run cannot do without: `~scheduler` trains at a constant rate, `~experiment` and `~hparams_search`
+# leave their defaults out, but `~model` was "Key 'model' is not in struct" (~optimizer an interpolation's error)
+REQUIRED_GROUPS = ("data", "model", "loss", "metrics", "optimizer", "trainer", "tracking")
+
+
+def check_group_overrides(flags: argparse.Namespace) -> None:
+    """Refuse a config group set to null on the command line (`scheduler=null`, or among a sweep's values), or one a run
+    needs removed (`~model`), naming its options as Hydra names them for an option it does not have: Hydra refuses the
+    null with a bare ValueError and its traceback, the removal where a run reads the group, in OmegaConf's words. The
+    config groups are looked up (Hydra's config repository) only where there is such an override."""
+    overrides = OverridesParser.create().parse_overrides(flags.overrides)
+    refused = [(override, "a config group takes one of its options, not null") for override in overrides
+               if not override.is_delete() and "." not in override.key_or_group
+               and None in (override.value().list if isinstance(override.value(), ChoiceSweep) else [override.value()])]
+    refused += [(override, "a run needs this config group, which cannot be removed") for override in overrides
+                if override.is_delete() and override.key_or_group in REQUIRED_GROUPS]
+    if not refused:
         return
     search_path = create_automatic_config_search_path(None, None, flags.config_path or CONFIG_PATH)
     if flags.config_dir:  # -cd, as Hydra adds it
         search_path.prepend("command-line", f"file://{os.path.abspath(flags.config_dir)}",
                             anchor=SearchPathQuery(provider="schema"))
     repository = ConfigRepository(search_path)
-    for override in nulls:
+    for override, problem in refused:
         if options := repository.get_group_options(override.key_or_group):
-            raise ConfigError(f"{override.input_line}: a config group takes one of its options, not null; leave the "
-                              f"override out for the group's default, or choose one of the available "
-                              f"{override.key_or_group} options: {', '.join(options)}")
+            raise ConfigError(f"{override.input_line}: {problem}; leave the override out for the group's default, or "
+                              f"choose one of the available {override.key_or_group} options: {', '.join(options)}")
 
 
 exit_status: int | None = None  # the app's, once it has ended without an uncaught exception (run_app)
@@ -385,7 +416,7 @@ def run_app(app) -> None:
         else:
             os.environ["HYDRA_FULL_ERROR"] = "1"
             with reported_as_one_line():
-                check_null_groups(flags)
+                check_group_overrides(flags)
                 app()
     except Stopped as stop:
         for end in at_stop:

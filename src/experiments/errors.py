@@ -14,8 +14,9 @@ from typing import NoReturn
 
 
 def typed(value) -> str:
-    """A config value in an error line as a user types it on the command line: null for None."""
-    return "null" if value is None else str(value)
+    """A config value in an error line as a user types it on the command line: null for None, true and false for
+    booleans."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 class ConfigError(Exception):

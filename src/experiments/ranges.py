@@ -1,4 +1,4 @@
-"""The valid range of every numeric option, checked as soon as a command's config is composed, before
+"""The valid range of every numeric option (and the values of an option that takes a few), checked as soon as a command's config is composed, before
 any data is read or MLflow run opened: a value out of range is one line naming the option, its value
 and the range. Imports only OmegaConf, so the check costs nothing at start-up.
 
@@ -13,6 +13,28 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from experiments.errors import ConfigError, typed
 
 
+def among(value, allowed) -> bool:
+    """Whether `value` is one of `allowed`, of its type too: 1 is not true, nor 0 false."""
+    return any(value == option and type(value) is type(option) for option in allowed)
+
+
+def described(values: dict) -> str:
+    """Values as a user types them, each with what it means: `-1 (no limit), null (every image)`."""
+    return ", ".join(f"{typed(value)} ({meaning})" for value, meaning in values.items())
+
+
+@dataclass(frozen=True)
+class Choices:
+    """The values of an option that takes one of a few and no number: {value: what it means}."""
+    values: dict
+
+    def __contains__(self, value) -> bool:
+        return among(value, self.values)
+
+    def __str__(self) -> str:
+        return f"one of {described(self.values)}"
+
+
 @dataclass(frozen=True)
 class Range:
     low: float | None = None      # None: no bound
@@ -23,7 +45,7 @@ class Range:
     also: dict = field(default_factory=dict)  # values allowed besides the range: {value: what it means}
 
     def __contains__(self, value) -> bool:
-        if any(value == allowed and type(value) is type(allowed) for allowed in self.also):
+        if among(value, self.also):
             return True
         if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
             return False
@@ -38,8 +60,7 @@ class Range:
             text = f"{kind} {'>' if self.low_open else '≥'} {self.low}"
         else:
             text = kind
-        allowed = ", ".join(f"{typed(value)} ({meaning})" for value, meaning in self.also.items())
-        return f"{text}, or {allowed}" if allowed else text
+        return f"{text}, or {described(self.also)}" if self.also else text
 
 
 COUNT = Range(1, integer=True)
@@ -55,10 +76,15 @@ RANGES = {
     "trainer.log_every_n_steps": COUNT,
     "trainer.num_nodes": COUNT,
     "trainer.num_sanity_val_steps": Range(0, integer=True, also={-1: "all"}),
+    # Lightning takes any other value for true, but without torch's deterministic algorithms
+    "trainer.deterministic": Choices({True: "deterministic algorithms only: an error where an operation has none",
+                                      "warn": "deterministic algorithms where there are, a warning where not",
+                                      False: "torch's fastest algorithms", None: "torch's setting as it is"}),
     # null by default, so a text given is not checked against a number (cli.check_override_types): a TypeError
     # traceback at the first epoch's end, the run FAILED
     "trainer.callbacks.stop_on_divergence.divergence_threshold": Range(also={None: "no threshold"}),
     "trainer.callbacks.last_checkpoint.interval": Range(0),  # seconds; 0: at every epoch's end
+    "tracking.server_wait": Range(0),  # seconds; 0: no wait for a lost tracking server
     "optimizer.lr": POSITIVE,
     "optimizer.weight_decay": Range(0),
     "optimizer.momentum": Range(0, 1, high_open=True),

@@ -16,6 +16,11 @@ from experiments import errors
 from experiments.errors import ConfigError, stops_held_back, typed
 
 SERVER_TIMEOUT_SECONDS = 5  # MLflow's own client retries an unreachable server for minutes
+# The stores a run can be recorded in, for a line that refuses another
+STORES = ("use a SQLite file (sqlite:///<folder>/mlflow.db, the default) or a tracking server (http://<host>:5000), "
+          "in tracking.tracking_uri or MLFLOW_TRACKING_URI")
+# What MLflow takes for a Databricks workspace (databricks, databricks://<profile>; databricks-uc, its Unity Catalog)
+DATABRICKS = ("databricks", "databricks-uc")
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:
@@ -75,20 +80,24 @@ def check_usable(tracking_uri: str) -> None:
     """A store MLflow refuses, or a server that does not answer, is one line, before anything trains. MLflow 3 refuses
     a folder (its file store, `./mlruns` or `file://...`) with a paragraph from deep inside its client, unless
     MLFLOW_ALLOW_FILE_STORE is set. A server's address without http:// (localhost:5000) and a SQLite store with two
-    slashes (sqlite://mlflow.db) were tracebacks of MLflow's and SQLAlchemy's, once the run was built."""
+    slashes (sqlite://mlflow.db) were tracebacks of MLflow's and SQLAlchemy's, once the run was built. A Databricks
+    workspace (databricks), which MLflow reaches with the user's Databricks credentials, was called a folder; this
+    project is not set up for one (untested, and a workspace's experiment names are paths such as /Users/...)."""
     if re.fullmatch(r"[\w.-]+:\d+/?", tracking_uri):
         raise ConfigError(f"tracking.tracking_uri={tracking_uri} is a tracking server's address without its scheme; "
                           f"use http://{tracking_uri} (or https://), in tracking.tracking_uri or MLFLOW_TRACKING_URI")
     scheme = urllib.parse.urlparse(tracking_uri).scheme
+    if (scheme or tracking_uri) in DATABRICKS:
+        raise ConfigError(f"tracking.tracking_uri={tracking_uri} is a Databricks workspace, which this project does not "
+                          f"support (MLflow would need your Databricks credentials, and a workspace path as "
+                          f"tracking.experiment_name); {STORES}")
     if scheme == "sqlite" and sqlite_path(tracking_uri) is None:
         raise ConfigError(f"tracking.tracking_uri={tracking_uri}: a SQLite store is sqlite:/// and its file's path "
                           "(sqlite:///mlflow.db, from the folder the command starts in, or sqlite:////<absolute path>), "
                           "in tracking.tracking_uri or MLFLOW_TRACKING_URI")
     if scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
         raise ConfigError(f"tracking.tracking_uri={tracking_uri} is a folder, MLflow's file store, which MLflow 3 "
-                          "no longer opens; use a SQLite file (sqlite:///<folder>/mlflow.db, the default) or a "
-                          "tracking server (http://<host>:5000), in tracking.tracking_uri or MLFLOW_TRACKING_URI; "
-                          "or set MLFLOW_ALLOW_FILE_STORE=true to use the folder anyway")
+                          f"no longer opens; {STORES}; or set MLFLOW_ALLOW_FILE_STORE=true to use the folder anyway")
     check_reachable(tracking_uri)
 
 

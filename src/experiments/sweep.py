@@ -31,8 +31,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from experiments import cli, errors, store
-from experiments.cli import (check_objective, check_override_types, check_writable, error_line, heavy_import,
-                             make_paths_absolute, missing_folders, remove_folders, start_folder)
+from experiments.cli import (check_objective, check_override_types, check_progress, check_writable, error_line,
+                             heavy_import, make_paths_absolute, missing_folders, remove_folders, start_folder)
 from experiments.ranges import check_ranges
 
 PARENT_FILE = "mlflow_parent_run.json"
@@ -302,6 +302,7 @@ class ParentRun(Callback):
             check_override_types(config)
             check_ranges(config)
             check_objective(config)
+            check_progress(config)
             store.check_experiment_name(config.tracking.experiment_name)
             check_accelerator(config)
             check_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")

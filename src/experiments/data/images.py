@@ -13,7 +13,7 @@ import torchvision
 
 from experiments.data.points import encode
 from experiments.data.tensors import Split, TensorDataModule
-from experiments.errors import ConfigError
+from experiments.errors import ConfigError, typed
 
 PIXEL_SCALE = 255.0
 CLASSES = 10  # MNIST's digits, Fashion-MNIST's clothes
@@ -21,6 +21,9 @@ CLASSES = 10  # MNIST's digits, Fashion-MNIST's clothes
 
 def load_images(root: str, dataset: str, train: bool, download: bool) -> Split:
     """All images of one official split of a torchvision dataset (`MNIST`, `FashionMNIST`) as (N, 1, 28, 28) uint8."""
+    if root is None:  # paths.data_dir=null: Path's TypeError, which named no option
+        raise ConfigError("data.root=null: the images are read from (and downloaded to) a folder; leave paths.data_dir "
+                          "and data.root out for EXPERIMENTS_DATA_DIR (else ./data), or set paths.data_dir to a folder")
     dataset_class = getattr(torchvision.datasets, dataset)
     raw = Path(root) / dataset / "raw"
     output = io.StringIO()  # torchvision prints each failed mirror; on failure our one line says it all
@@ -89,7 +92,7 @@ def _hold_out(split: Split, val_size: float, seed: int) -> tuple[Split, Split]:
 
 def _encoded(split: Split, targets: str) -> Split:
     if targets not in ("index", "onehot"):
-        raise ConfigError(f"data.targets={targets} does not fit {CLASSES} classes; use index or onehot")
+        raise ConfigError(f"data.targets={typed(targets)} does not fit {CLASSES} classes; use index or onehot")
     return Split(split.inputs, encode(split.targets, targets, num_classes=CLASSES))
 
 
@@ -119,6 +122,8 @@ def mnist_3v7(root: str, download: bool, targets: str, flatten: bool, seed: int,
 def mnist_csv(path: str, targets: str, val_size: float, limit: int | None, mean: float, std: float, seed: int,
               **loader) -> TensorDataModule:
     """MNIST as CSV, Kaggle digit-recognizer style: a `label` column, then 784 pixel columns (0-255)."""
+    if path is None:  # pandas' ValueError, which named no option
+        raise ConfigError("data.path=null: the images are read from a CSV file; point data.path at an MNIST-style CSV")
     try:
         table = pd.read_csv(path)
     except FileNotFoundError:

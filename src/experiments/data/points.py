@@ -2,7 +2,7 @@
 import torch
 
 from experiments.data.tensors import Split, TensorDataModule
-from experiments.errors import ConfigError
+from experiments.errors import ConfigError, typed
 
 TARGET_ENCODINGS = ("index", "onehot", "sign", "binary")
 
@@ -17,7 +17,8 @@ def encode(labels: torch.Tensor, encoding: str, num_classes: int = 2) -> torch.T
         return (labels.float() * 2 - 1).unsqueeze(1)
     if encoding == "binary":
         return labels.float().unsqueeze(1)
-    raise ConfigError(f"data.targets={encoding} is not a target encoding; choose one of {', '.join(TARGET_ENCODINGS)}")
+    raise ConfigError(f"data.targets={typed(encoding)} is not a target encoding; choose one of "
+                      f"{', '.join(TARGET_ENCODINGS)}")
 
 
 def _points_module(points, labels, *, targets, val_fraction, seed, **loader) -> TensorDataModule:

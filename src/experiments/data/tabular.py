@@ -46,6 +46,8 @@ def csv_dataset(
     **loader,
 ) -> "TabularDataModule":
     """Read `path` (downloading it from `url` first if it is missing), then split and preprocess it."""
+    if path is None:  # Path's TypeError, which named no option
+        raise ConfigError("data.path=null: the data is read from a CSV file; point data.path at one")
     path = locate(Path(path), url, md5)
     frame = read_csv(path)
     features = choose_features(frame, path, target, features)
