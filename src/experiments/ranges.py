@@ -1,6 +1,7 @@
-"""The valid range of every numeric option (and the values of an option that takes a few), checked as soon as a command's config is composed, before
-any data is read or MLflow run opened: a value out of range is one line naming the option, its value
-and the range. Imports only OmegaConf, so the check costs nothing at start-up.
+"""The valid range of every numeric option (and the values of an option that takes one of a few), checked
+as soon as a command's config is composed, before any data is read or MLflow run opened: a value out of
+range is one line naming the option, its value and the range. Imports only OmegaConf, so the check costs
+nothing at start-up.
 
 A table rather than typed (structured) configs: OmegaConf's types have no ranges, so a schema per
 config group would still need these bounds written out, and would fix every group's keys, where

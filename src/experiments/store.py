@@ -88,8 +88,8 @@ def check_usable(tracking_uri: str) -> None:
                           f"use http://{tracking_uri} (or https://), in tracking.tracking_uri or MLFLOW_TRACKING_URI")
     scheme = urllib.parse.urlparse(tracking_uri).scheme
     if (scheme or tracking_uri) in DATABRICKS:
-        raise ConfigError(f"tracking.tracking_uri={tracking_uri} is a Databricks workspace, which this project does not "
-                          f"support (MLflow would need your Databricks credentials, and a workspace path as "
+        raise ConfigError(f"tracking.tracking_uri={tracking_uri} is a Databricks workspace, which this project does "
+                          f"not support (MLflow would need your Databricks credentials, and a workspace path as "
                           f"tracking.experiment_name); {STORES}")
     if scheme == "sqlite" and sqlite_path(tracking_uri) is None:
         raise ConfigError(f"tracking.tracking_uri={tracking_uri}: a SQLite store is sqlite:/// and its file's path "
