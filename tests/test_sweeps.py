@@ -86,6 +86,73 @@ def test_an_objective_metric_no_run_records_is_one_line_naming_those_it_can_befo
     assert list(isolated.iterdir()) == [], "nothing ran: no MLflow store, no output folder"
 
 
+UNVALIDATED_FIX = "rank the jobs by a metric they record (objective.metric=train/loss) or let validation run"
+# XOR's runs of TINY (2 epochs) with validation off, and why, in the sweep's refusal
+VALIDATION_OFF = {
+    "+trainer.limit_val_batches=0": "trainer.limit_val_batches=0 turns validation off",
+    "+trainer.check_val_every_n_epoch=5": "no epoch validates with trainer.check_val_every_n_epoch=5 above "
+                                          "trainer.max_epochs=2",
+}
+
+
+@pytest.mark.parametrize("validation_off", VALIDATION_OFF)
+def test_a_single_run_that_does_not_validate_ends_as_usual(store, validation_off):
+    # it trained and its run FINISHED, then the command exited 2 for want of val/loss, which a single run ranks by
+    # nothing
+    result = cli("-m", "experiments", *TINY, validation_off)
+    assert result.returncode == 0, result.stderr
+    assert "error" not in result.stderr
+    (run,) = runs_of(store)
+    assert run.info.status == "FINISHED"
+    assert "train/loss" in run.data.metrics and "val/loss" not in run.data.metrics
+
+
+@pytest.mark.parametrize("validation_off, reason", VALIDATION_OFF.items())
+def test_a_sweep_ranked_by_a_validation_metric_no_job_records_is_one_line_before_it_starts(isolated, validation_off,
+                                                                                          reason):
+    # each job trained, then failed for want of val/loss
+    result = cli("-m", "experiments", "-m", "seed=0,1", *TINY, validation_off)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: the sweep cannot start: objective.metric=val/loss is never recorded: {reason}; {UNVALIDATED_FIX}"]
+    assert not (isolated / "mlflow.db").exists()
+
+    # as the line says
+    result = cli("-m", "experiments", "-m", "seed=0,1", *TINY, validation_off, "objective.metric=train/loss")
+    assert result.returncode == 0, result.stderr
+    parent, children = parent_and_children(MlflowClient(f"sqlite:///{isolated}/mlflow.db"))
+    assert parent.info.status == "FINISHED" and "best/train/loss" in parent.data.metrics
+
+
+def test_a_job_whose_own_values_keep_it_from_validating_fails_saying_how_to_rank_the_jobs(store):
+    # the job of 1 epoch does not validate, the one of 55 does: not refused for the shared config's 50 epochs
+    result = cli("-m", "experiments", "-m", "trainer.max_epochs=1,55", "+trainer.check_val_every_n_epoch=55",
+                 *TINY[:1], *QUIET)
+    assert result.returncode == 1, result.stderr
+    parent, children = parent_and_children(store)
+    children.sort(key=lambda child: int(child.data.tags["sweep.job"]))
+    assert [child.info.status for child in children] == ["FAILED", "FINISHED"]
+    error = children[0].data.tags["error"]
+    assert error.startswith("objective.metric=val/loss was not recorded; recorded metrics: ")
+    assert error.endswith(f"; validation did not run: {UNVALIDATED_FIX}")
+    assert f"error: job 0 (trainer.max_epochs=1) failed: {error}" in result.stderr.splitlines()
+
+
+# checks that failed with an error other than ConfigError were Hydra's warning: the sweep went on without its parent
+# run, each job a plain run refusing the same value, the first one ending the command and leaving the sweep's folder
+@pytest.mark.parametrize("override, expected", [
+    ("objective.metric=${oc.env:NO_SUCH_VARIABLE}", "Environment variable 'NO_SUCH_VARIABLE' not found"),
+    ("~objective.direction", "Key 'direction' is not in struct"),
+])
+def test_a_shared_value_that_fails_its_check_otherwise_is_one_line_before_the_sweep_starts(isolated, override,
+                                                                                         expected):
+    result = cli("-m", "experiments", "-m", "seed=0,1", *TINY, override)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: the sweep cannot start: ") and expected in line, line
+    assert list(isolated.iterdir()) == [], "nothing ran: no MLflow store, no sweep folder"
+
+
 @pytest.mark.parametrize("shared", [
     ["trainer.max_epochs=0"], ["optimizer.lr=abc"], ["objective.direction=minimise"], ["objective.metric=val/acc"],
     ["objective=null"],  # an AttributeError traceback: a failed job each

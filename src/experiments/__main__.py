@@ -9,6 +9,7 @@ from contextlib import nullcontext
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import errors, store, sweep
@@ -19,8 +20,9 @@ from experiments.errors import worker_stops_on_signals
 from experiments.ranges import check_ranges
 
 
-def objective(config: DictConfig) -> float:
-    """Run one experiment; the objective's final value."""
+def objective(config: DictConfig) -> float | None:
+    """Run one experiment; the objective's final value, or None where a single run did not record it (Hydra ignores a
+    single run's value: a run that trained is no error for want of a metric that ranks nothing)."""
     in_slurm_job = os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and "SLURM_JOB_ID" in os.environ
     with (errors.requeued_on_signals(HydraConfig.get().launcher.timeout_min,
                                      OmegaConf.select(config, "trainer.callbacks.last_checkpoint.interval"))
@@ -33,7 +35,10 @@ def objective(config: DictConfig) -> float:
         store.check_experiment_name(config.tracking.experiment_name)
         store.check_usable(config.tracking.tracking_uri)  # in seconds, before torch and the data load
         run = heavy_import("experiments.run").run  # the heavy imports (torch, Lightning, MLflow) start here
-        return objective_value(config, run(config).metrics)
+        metrics = run(config).metrics
+        if HydraConfig.get().mode == RunMode.RUN:
+            return metrics.get(config.objective.metric)
+        return objective_value(config, metrics)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name=CONFIG_NAME, version_base="1.3")

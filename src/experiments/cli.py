@@ -105,12 +105,42 @@ def check_progress(config: DictConfig) -> None:
                           "the bar), or turn them off with progress=false")
 
 
+# How to rank a sweep's jobs whose validation does not run
+UNVALIDATED_FIX = "rank the jobs by a metric they record (objective.metric=train/loss) or let validation run"
+
+
+def validation_off(trainer: DictConfig) -> str | None:
+    """Why the trainer's config alone shows that no epoch validates, in words naming its options; None where one may
+    (how many batches an epoch has, and so trainer.val_check_interval's effect, depends on the data)."""
+    if trainer.get("limit_val_batches") == 0:
+        return "trainer.limit_val_batches=0 turns validation off"
+    every, epochs = trainer.get("check_val_every_n_epoch"), trainer.get("max_epochs")
+    if every is not None and epochs not in (None, -1) and every > epochs:
+        return f"no epoch validates with trainer.check_val_every_n_epoch={every} above trainer.max_epochs={epochs}"
+    return None
+
+
+def check_objective_validated(config: DictConfig, swept: list[str]) -> None:
+    """Refuse a sweep ranked by a validation metric that the values its jobs share keep every job from recording,
+    before anything trains: found at the end, each job failed after its training. Where a `swept` key may decide it
+    (the trainer's or the objective's, or a config group, which may set them), each job finds it (objective_value).
+    A single run is not refused: it ranks nothing."""
+    groups = config.hydra.runtime.choices
+    if any(key.lstrip("+~") in groups or key.lstrip("+~").startswith(("trainer.", "objective")) for key in swept):
+        return
+    metric = config.objective.metric
+    if metric.startswith("val/") and (reason := validation_off(config.trainer)):
+        raise ConfigError(f"objective.metric={metric} is never recorded: {reason}; {UNVALIDATED_FIX}")
+
+
 def objective_value(config: DictConfig, metrics: dict[str, float]) -> float:
-    """The final value of the objective's metric: what the app returns for Hydra's sweepers to optimise."""
-    if config.objective.metric not in metrics:
-        raise ConfigError(f"objective.metric={config.objective.metric} was not recorded; "
-                          f"recorded metrics: {', '.join(sorted(metrics))}")
-    return metrics[config.objective.metric]
+    """The final value of the objective's metric: what a sweep's job returns for Hydra's sweepers to optimise."""
+    metric = config.objective.metric
+    if metric not in metrics:
+        fix = f"; validation did not run: {UNVALIDATED_FIX}" if metric.startswith("val/") else ""
+        raise ConfigError(f"objective.metric={metric} was not recorded; recorded metrics: {', '.join(sorted(metrics))}"
+                          f"{fix}")
+    return metrics[metric]
 
 
 def one_line(error: Exception) -> str:
@@ -133,9 +163,13 @@ def one_line(error: Exception) -> str:
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
+# Bad input: what a user's config or command line got wrong, told in its message (exit status 2)
+BAD_INPUT = (ConfigError, HydraException, OmegaConfBaseException)
+
+
 def error_line(error: BaseException) -> str:
     """An error in one line: bad input as its message, anything else with its type (`ValueError: ...`)."""
-    if isinstance(error, (ConfigError, HydraException, OmegaConfBaseException)):
+    if isinstance(error, BAD_INPUT):
         return one_line(error)
     message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
@@ -232,7 +266,7 @@ def reported_as_one_line():
     """
     try:
         yield
-    except (ConfigError, HydraException, OmegaConfBaseException) as error:
+    except BAD_INPUT as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         remove_folders(new_run_folders)
         sys.exit(2)

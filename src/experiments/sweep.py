@@ -31,8 +31,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from experiments import cli, errors, store
-from experiments.cli import (check_objective, check_override_types, check_progress, check_writable, error_line,
-                             heavy_import, make_paths_absolute, missing_folders, remove_folders, start_folder)
+from experiments.cli import (check_objective, check_objective_validated, check_override_types, check_progress,
+                             check_writable, error_line, heavy_import, make_paths_absolute, missing_folders,
+                             remove_folders, start_folder)
 from experiments.ranges import check_ranges
 
 PARENT_FILE = "mlflow_parent_run.json"
@@ -189,7 +190,7 @@ def stop_with_one_line(action: str, error: Exception) -> None:
     """A callback's failure ends the command: Hydra would turn it into a warning and carry on, and the
     sweep would lose its parent run (jobs recorded as unrelated runs) or its summary."""
     print(f"error: {action}: {error_line(error)}", file=sys.stderr)
-    sys.exit(2 if isinstance(error, errors.ConfigError) else 1)
+    sys.exit(2 if isinstance(error, cli.BAD_INPUT) else 1)
 
 
 OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
@@ -295,7 +296,8 @@ class ParentRun(Callback):
         return {**vars(self), "jobs": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        # The values every job shares (the config before the swept ones), checked once: each job would fail alike
+        # The values every job shares (the config before the swept ones), checked once: each job would fail alike.
+        # Any error ends the command here: Hydra would make it a warning, and the sweep go on without its parent run
         try:
             check_sweeper(config.hydra.sweeper)
             HydraConfig.instance().set_config(config)  # where check_override_types reads the overrides
@@ -303,10 +305,11 @@ class ParentRun(Callback):
             check_ranges(config)
             check_objective(config)
             check_progress(config)
+            check_objective_validated(config, swept_keys(config))
             store.check_experiment_name(config.tracking.experiment_name)
             check_accelerator(config)
             check_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
-        except errors.ConfigError as error:
+        except Exception as error:
             stop_with_one_line("the sweep cannot start", error)
         try:
             self.start(config)
