@@ -671,3 +671,45 @@ def test_a_sweep_that_lost_its_tracking_server_says_so_for_each_job_in_seconds(m
     assert lines[1].startswith(f"error: job 1 (seed=1) failed: the MLflow tracking server {uri} cannot be "
                                "reached"), lines
     assert lines[2].startswith("error: the sweep's summary could not be recorded: the MLflow tracking server"), lines
+
+
+# A sitecustomize.py that makes the plots' drawing fail in the worker process that draws them (drawing.py): the worker
+# killed at its first figure, or a warning at each figure, saying which process drew it
+DRAWING_FAILS = """
+import multiprocessing, os, signal, warnings
+from matplotlib.figure import Figure
+
+savefig = Figure.savefig
+
+def failing(self, *args, **kwargs):
+    in_worker = multiprocessing.parent_process() is not None
+    if "{failure}" == "killed" and in_worker:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if "{failure}" == "warning":
+        warnings.warn(f"a warning while drawing in the {{'worker' if in_worker else 'run'}}")
+    return savefig(self, *args, **kwargs)
+
+Figure.savefig = failing
+"""
+
+
+@pytest.mark.parametrize("failure", ["killed", "warning"])
+def test_a_sweep_logs_every_jobs_plots_when_their_worker_process_fails(store, isolated, failure):
+    """The plots are drawn in a worker process while the run logs its model. Killed, or warned while drawing, it leaves
+    them to the run's process: every job still logs them, no traceback shows, and the warning is the run's, in its
+    job's log (and on the console, as a run's warnings are), not the worker's."""
+    (isolated / "injected").mkdir()
+    (isolated / "injected" / "sitecustomize.py").write_text(DRAWING_FAILS.format(failure=failure))
+    result = cli("-m", "experiments", "-m", "seed=0,1,2", "data=xor", "trainer.max_epochs=1", *QUIET,
+                 env={"PYTHONPATH": os.pathsep.join([str(isolated / "injected"), str(ROOT / "src")])})
+
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "in the worker" not in result.stderr, result.stderr
+    _, runs = parent_and_children(store)
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert {artifact.path for artifact in store.list_artifacts(run.info.run_id, "plots")} == {
+            "plots/loss_curves.png", "plots/decision_boundary.png"}
+    if failure == "warning":
+        logs = [log.read_text() for log in isolated.glob("multirun/*/*/*/experiments.log")]
+        assert len(logs) == 3 and all("a warning while drawing in the run" in log for log in logs)

@@ -39,12 +39,12 @@ def test_the_logged_model_carries_the_runs_final_metrics(store, tmp_path, data):
 
 @pytest.mark.parametrize("every", [3, 6])
 def test_the_loss_curves_draw_the_validation_at_the_epochs_it_ran(store, every):
-    from experiments import plots
+    from experiments import figures, plots
 
     result = run_experiment(["data=circle", "trainer.max_epochs=6", f"+trainer.check_val_every_n_epoch={every}",
                              *QUIET])
-    figure, ax = plots.new_figure(6, 4)
-    plots.draw_loss_curves(ax, plots.loss_history(result.run_id))
+    figure, (ax,) = figures.new_figure(6, 4)
+    figures.draw_loss_curves(ax, plots.loss_history(result.run_id))
     train, val = ax.lines
     assert list(train.get_xdata()) == [1, 2, 3, 4, 5, 6]
     assert list(val.get_xdata()) == list(range(every, 7, every))

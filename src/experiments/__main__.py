@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import errors, store, sweep
+from experiments import drawing, errors, store, sweep
 from experiments.cli import (CONFIG_NAME, CONFIG_PATH, check_objective, check_override_types, check_progress,
                              heavy_import, log_warning, make_paths_absolute, objective_value, reported_as_one_line,
                              run_app)
@@ -34,6 +34,7 @@ def objective(config: DictConfig) -> float | None:
         make_paths_absolute(config)  # before the store is opened: hydra.job.chdir=true runs this in the job's folder
         store.check_experiment_name(config.tracking.experiment_name)
         store.check_usable(config.tracking.tracking_uri)  # in seconds, before torch and the data load
+        drawing.start()  # before the heavy imports (see drawing.py)
         run = heavy_import("experiments.run").run  # the heavy imports (torch, Lightning, MLflow) start here
         metrics = run(config).metrics
         if HydraConfig.get().mode == RunMode.RUN:

@@ -1,42 +1,25 @@
-"""The pictures a run logs to MLflow (under plots/) and saves in its output folder.
+"""The pictures a run logs to MLflow (under plots/) and saves in its output folder; figures.py draws them.
 
 Every run: the loss curves. 2-D classification: the decision boundary beside the loss curves, as
 REFERENCE.md E shows them. Multi-class classification: the confusion matrix on the test (else
 validation) split. Regression: predicted against actual on the validation split.
 
-Figures are built with matplotlib's object API on an Agg canvas, not with pyplot: nothing is kept
-in pyplot's global list of open figures, and no display or GUI backend is needed, whatever the
-user's matplotlib backend is. Their margins are fixed, not laid out by matplotlib (constrained or
-tight layout): measuring every label to lay out a figure took 0.07 s of the 0.2 s a figure costs,
-in every job of a sweep; the sizes below leave room for the labels these figures have. Likewise
-their titles sit at the top of their axes (`axes.titley`), where matplotlib would place them after
-measuring the axes' decorations at every draw (0.02 s a figure; the same pixels here, as these axes
-have nothing above them).
+Where a second core is free, they are drawn in a worker process (drawing.py) while the run logs its
+model. The model's predictions are computed here, so that the worker needs neither torch nor the model.
 """
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
-import matplotlib
 import mlflow
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
+from experiments import drawing, figures
 from experiments.metrics import predicted_labels, true_labels
 from experiments.task import predict
 
 CLASSIFICATION = ("index", "onehot", "sign", "binary")
-
-
-def new_figure(width: float, height: float, columns: int = 1):
-    """A figure of `columns` axes side by side, with fixed margins (see the module's docstring): 0.9 inch on
-    the left and 0.6 inch below for tick labels and axis labels, 0.4 inch on top for the title."""
-    figure = Figure(figsize=(width, height))
-    FigureCanvasAgg(figure)
-    figure.subplots_adjust(left=0.9 / width, right=1 - 0.25 / width, bottom=0.6 / height, top=1 - 0.4 / height,
-                           wspace=0.3 if columns > 1 else None)
-    return figure, figure.subplots(1, columns)
 
 
 def loss_history(run_id: str) -> dict[str, dict[int, float]]:
@@ -50,89 +33,66 @@ def loss_history(run_id: str) -> dict[str, dict[int, float]]:
             for stage, history in histories.items()}
 
 
-def draw_loss_curves(ax, losses: dict[str, dict[int, float]]) -> None:
-    for stage, values in losses.items():
-        # markers where the points are few: a validation every n epochs, or a single one, shows as dots
-        ax.plot(list(values), list(values.values()), label=stage, marker="o" if len(values) < 50 else None,
-                markersize=3)
-    ax.set(xlabel="epoch", ylabel="loss", title="Loss")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend()
-
-
-def draw_decision_boundary(ax, model, datamodule, threshold: float) -> None:
-    """Filled contour of the predicted class over the unit square, the training points on top."""
+def decision_boundary(model, datamodule, threshold: float) -> Callable:
+    """The panel of the predicted class over the unit square, the training points on top."""
     grid = torch.linspace(0, 1, 200)
     xx, yy = torch.meshgrid(grid, grid, indexing="xy")
     # 40,000 rows of 2 inputs: one batch
     outputs = predict(model, datamodule.normalize(torch.stack([xx.flatten(), yy.flatten()], dim=1)), xx.numel())
     classes = predicted_labels(outputs, datamodule.target_encoding, threshold).view(xx.shape)
-    ax.contourf(xx, yy, classes, alpha=0.3, cmap="coolwarm")
-    points, targets = datamodule.train.inputs, datamodule.train.targets
-    ax.scatter(points[:, 0], points[:, 1], c=true_labels(targets, datamodule.target_encoding), cmap="coolwarm",
-               s=12, edgecolors="k", linewidths=0.3)
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="x0", ylabel="x1", title="Decision boundary")
+    labels = true_labels(datamodule.train.targets, datamodule.target_encoding)
+    return partial(figures.draw_decision_boundary, xx=xx.numpy(), yy=yy.numpy(), classes=classes.numpy(),
+                   points=datamodule.train.inputs.numpy(), labels=labels.numpy())
 
 
-def draw_confusion_matrix(ax, model, datamodule) -> None:
-    from sklearn.metrics import ConfusionMatrixDisplay  # here: scikit-learn's import costs every other run 0.1 s
-
+def confusion_matrix(model, datamodule) -> Callable:
+    """The panel of the confusion matrix on the test split, else the validation split."""
     on_test = datamodule.test is not None
     split = datamodule.test if on_test else datamodule.val
     predicted = predicted_labels(predict(model, datamodule.normalize(split.inputs)), datamodule.target_encoding)
     actual = true_labels(split.targets, datamodule.target_encoding)
-    ConfusionMatrixDisplay.from_predictions(actual, predicted, ax=ax, colorbar=False)
-    ax.set(title=f"Confusion matrix ({'test' if on_test else 'validation'})")
+    return partial(figures.draw_confusion_matrix, actual=actual.numpy(), predicted=predicted.numpy(),
+                   split="test" if on_test else "validation")
 
 
-def draw_predicted_vs_actual(ax, model, datamodule) -> None:
-    """Predictions against the validation targets, with the line of perfect predictions (y = x):
-    points above it are overestimates, below it underestimates."""
-    predicted = predict(model, datamodule.normalize(datamodule.val.inputs)).numpy().ravel()
-    actual = datamodule.val.targets.numpy().ravel()
-    target = getattr(datamodule, "target_name", "target")
-    ax.scatter(actual, predicted, s=10, alpha=0.6)
-    low, high = min(actual.min(), predicted.min()), max(actual.max(), predicted.max())
-    ax.plot([low, high], [low, high], color="black", linewidth=1, label="predicted = actual")
-    ax.set(xlabel=f"actual {target}", ylabel=f"predicted {target}", aspect="equal",
-           title=f"Predicted vs actual (validation, {len(actual)} rows)")
-    ax.legend(loc="upper left")
+def predicted_vs_actual(model, datamodule) -> Callable:
+    """The panel of the predictions against the validation targets."""
+    return partial(figures.draw_predicted_vs_actual, actual=datamodule.val.targets.numpy().ravel(),
+                   predicted=predict(model, datamodule.normalize(datamodule.val.inputs)).numpy().ravel(),
+                   target=getattr(datamodule, "target_name", "target"))
 
 
-def log_plots(model, datamodule, threshold: float, losses: dict[str, dict[int, float]],
-              output_dir: Path | None) -> list[str]:
-    """Draw the plots that fit this run, log each to the active MLflow run and save it to `output_dir`; return
-    their names. `losses`: each stage's loss by epoch, as `loss_history` reads them."""
-    with matplotlib.rc_context({"axes.titley": 1.0}):  # titles at the top, not measured (see the module's docstring)
-        figures = draw_plots(model, datamodule, threshold, losses)
-    folder = output_dir or Path(tempfile.mkdtemp())  # runs from Python have no output folder
-    for name, figure in figures.items():
-        # drawn once, for the folder and the run; PNG's fastest compression: 0.02 s less a figure, files 20% larger
-        figure.savefig(folder / name, pil_kwargs={"compress_level": 1})
-        mlflow.log_artifact(str(folder / name), "plots")
-    return list(figures)
-
-
-def draw_plots(model, datamodule, threshold: float, losses: dict[str, dict[int, float]]) -> dict[str, Figure]:
-    """The figures that fit this run, by file name (see log_plots)."""
+def plots_to_draw(model, datamodule, threshold: float,
+                  losses: dict[str, dict[int, float]]) -> dict[str, figures.Plot]:
+    """The plots that fit this run, by file name, from the model's predictions."""
     model.eval()
     encoding = datamodule.target_encoding
-    figures = {}
+    loss_curves = partial(figures.draw_loss_curves, losses=losses)
+    plots = {}
     if losses["train"]:
-        figure, ax = new_figure(6, 4)
-        draw_loss_curves(ax, losses)
-        figures["loss_curves.png"] = figure
+        plots["loss_curves.png"] = ((6, 4), [loss_curves])
     if datamodule.input_shape == (2,) and encoding in CLASSIFICATION:
-        figure, (left, right) = new_figure(11, 4.5, columns=2)
-        draw_decision_boundary(left, model, datamodule, threshold)
-        draw_loss_curves(right, losses)
-        figures["decision_boundary.png"] = figure
+        plots["decision_boundary.png"] = ((11, 4.5), [decision_boundary(model, datamodule, threshold), loss_curves])
     if encoding in ("index", "onehot") and datamodule.num_outputs > 2:
-        figure, ax = new_figure(7, 6)
-        draw_confusion_matrix(ax, model, datamodule)
-        figures["confusion_matrix.png"] = figure
+        plots["confusion_matrix.png"] = ((7, 6), [confusion_matrix(model, datamodule)])
     if encoding == "regression":
-        figure, ax = new_figure(5, 5)
-        draw_predicted_vs_actual(ax, model, datamodule)
-        figures["predicted_vs_actual.png"] = figure
-    return figures
+        plots["predicted_vs_actual.png"] = ((5, 5), [predicted_vs_actual(model, datamodule)])
+    return plots
+
+
+def start_plots(model, datamodule, threshold: float, losses: dict[str, dict[int, float]],
+                output_dir: Path | None) -> Callable[[], list[str]]:
+    """Start drawing the plots that fit this run, to be saved in `output_dir`, and return the function that logs
+    them to the active MLflow run once drawn, returning their names. `losses`: each stage's loss by epoch, as
+    `loss_history` reads them."""
+    plots = plots_to_draw(model, datamodule, threshold, losses)
+    folder = output_dir or Path(tempfile.mkdtemp())  # runs from Python have no output folder
+    drawn = drawing.submit(figures.save_apart, plots, folder) if plots else None
+
+    def log() -> list[str]:
+        if drawn is None or drawn.exception() is not None:
+            figures.save(plots, folder)  # here: its warnings go to the run's log, its error is the run's
+        for name in plots:
+            mlflow.log_artifact(str(folder / name), "plots")
+        return list(plots)
+    return log

@@ -31,7 +31,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics import Metric
 
-from experiments import checkpoint, models, plots, resume, store, sweep, tracking
+from experiments import checkpoint, drawing, models, plots, resume, store, sweep, tracking
 from experiments.callbacks import LastCheckpoint
 from experiments.cli import check_writable, heavy_import, make_paths_absolute
 from experiments.compiled import CompiledFit
@@ -467,8 +467,8 @@ def record(config: DictConfig, task: Task, datamodule, results: dict[str, float]
         results |= {f"model/{name}": value for name, value in model.diagnostics().items()}
     mlflow.log_metrics({key: value for key, value in results.items() if key.split("/")[0] in ("time", "model")},
                        step=step)
-    plots.log_plots(model, datamodule, class_threshold(task.metrics, task.loss),
-                    losses or plots.loss_history(mlflow.active_run().info.run_id), output_dir())
+    log_plots = plots.start_plots(model, datamodule, class_threshold(task.metrics, task.loss),
+                                  losses or plots.loss_history(mlflow.active_run().info.run_id), output_dir())
     results |= datamodule.log_extras(model, step)
     saved = checkpoint.save(config, model, datamodule, output_dir())
     if datamodule.preprocessing is None:
@@ -477,6 +477,7 @@ def record(config: DictConfig, task: Task, datamodule, results: dict[str, float]
         from experiments.data.tabular import log_model
 
         log_model(saved, step)
+    log_plots()
     return results
 
 
@@ -517,6 +518,7 @@ def run(config: DictConfig) -> Result:
     if not is_first_process(trainer):
         return Result(None, fit_and_test(trainer, task, datamodule, resume_from, compiled), model,
                       datamodule.preprocessing)
+    drawing.start()  # the command's own started it already (__main__)
     choices = resumed.choices if resumed else HydraConfig.get().runtime.choices
     log_choices(choices, HydraConfig.get().overrides.task)
     summary = model_summary(task)

@@ -39,9 +39,11 @@ class VectorizedLauncher(Launcher):
         self.config, self.task_function, self.hydra_context = config, task_function, hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from experiments import drawing
         from experiments.cli import heavy_import
         from experiments.errors import Stopped, stops_kept
 
+        drawing.start()  # the jobs' plots drawn beside them, by a worker started before the heavy imports (drawing.py)
         vectorized = heavy_import("experiments.vectorized")  # torch and Lightning load only when a sweep runs
 
         setup_globals()
