@@ -518,7 +518,7 @@ def run(config: DictConfig) -> Result:
     if not is_first_process(trainer):
         return Result(None, fit_and_test(trainer, task, datamodule, resume_from, compiled), model,
                       datamodule.preprocessing)
-    drawing.start()  # the command's own started it already (__main__)
+    drawing.start()  # for a run from Python; the command started it already, before the heavy imports (__main__)
     choices = resumed.choices if resumed else HydraConfig.get().runtime.choices
     log_choices(choices, HydraConfig.get().overrides.task)
     summary = model_summary(task)
